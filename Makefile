@@ -1,0 +1,22 @@
+# Two commands on a fresh machine: `make run` (the default studies through `dvc repro`) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: run test bench
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	dvc repro
+
+test: $(VENV)/.installed
+	pytest
+
+bench: $(VENV)/.installed
+	python benchmarks/gaussian_vectorisation.py

@@ -1,0 +1,161 @@
+"""The self-consuming loop as Prefect flows, shared by every study.
+
+`run_study` opens an MLflow parent run, runs `method_loop` (a subflow) for each method, then
+publishes the tidy table, the curves, the DVC summary and the figure. `method_loop` chains the
+tasks of `tasks.steps` generation by generation and resumes at the first generation without a
+record, after checking the md5 of every stored dataset it relies on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+from prefect import flow, get_run_logger
+
+import models
+from tasks import loop, steps, storage, tables
+from tasks.figures import plot_curves
+from tasks.loop import Study
+from tasks.params import Params, flatten
+from tasks.paths import StudyPaths
+from tasks.tracking import StudyTracker
+
+
+def fingerprint(study: Study, params: Params, method: str) -> str:
+    """Hash of everything a stored generation depends on: the study's params, the loop settings,
+    the seed, the method and the source code of the loop, the study and the models."""
+    sources = [inspect.getsource(loop), inspect.getsource(sys.modules[type(study).__module__])]
+    sources += [path.read_text() for path in sorted(Path(models.__file__).parent.glob("*.py"))]
+    payload = json.dumps({
+        "study": getattr(params, study.experiment).model_dump(),
+        "loop": params.loop.model_dump(), "seed": params.seed, "method": method,
+        "code": hashlib.sha256("\n".join(sources).encode()).hexdigest(),
+    }, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def completed_records(folder: Path, print_fn, fingerprint_: str, generations: int) -> list[dict]:
+    """Records of the completed generations 0..k-1, their datasets verified; stale folders cleared."""
+    if folder.exists():
+        storage.remove_partial_files(folder)
+    first = storage.record_path(folder, 0)
+    stored = storage.read_record(first)["fingerprint"] if first.exists() else None
+    if stored is None and storage.dataset_path(folder, 0).exists():
+        stored = storage.read_metadata(storage.dataset_path(folder, 0))["fingerprint"]
+    if stored is not None and stored != fingerprint_:
+        print_fn(f"{folder}: params or code changed since these generations were made; starting over")
+        shutil.rmtree(folder)
+    records = []
+    while len(records) < generations and storage.record_path(folder, len(records)).exists():
+        record = storage.read_record(storage.record_path(folder, len(records)))
+        storage.verified_dataset(folder, record["generation"], record["dataset_md5"])
+        records.append(record)
+    for parent, child in zip(records, records[1:]):
+        child_meta = storage.read_metadata(storage.dataset_path(folder, child["generation"]))
+        if child_meta["parent_md5"] != parent["dataset_md5"]:
+            raise storage.CorruptDataError(
+                f"{storage.dataset_path(folder, child['generation'])} does not descend from generation "
+                f"{parent['generation']}; restore the folder with `dvc checkout {folder.parent}` or delete {folder}")
+    return records
+
+
+@flow(name="method-loop", flow_run_name="{experiment}: {method}", log_prints=True, validate_parameters=False)
+def method_loop(study: Study, params: Params, experiment: str, method: str, folder: Path,
+                tracker: StudyTracker, run_id: str) -> list[dict]:
+    """Run (or resume) generations 0..G-1 of one method; return every generation's record."""
+    logger = get_run_logger()
+    settings, seed, generations = params.loop, params.seed, getattr(params, experiment).generations
+    key = fingerprint(study, params, method)
+    records = completed_records(folder, logger.info, key, generations)
+    for record in records:
+        stats = _stats(record["metrics"])
+        steps.log_generation(tracker, run_id, stats, storage.dataset_path(folder, record["generation"]),
+                             record["dataset_md5"], method, record["generation"])
+    start = len(records)
+    if start:
+        logger.info(f"resuming {experiment}/{method} at generation {start} of {generations}")
+    if start == generations:
+        return records
+
+    real0 = loop.real_dataset(study.draw_real(study.n_samples, loop.generator(seed, "real", 0)))
+    meta = {"experiment": experiment, "loop_mode": settings.mode, "fingerprint": key,
+            "sampling_bias": str(settings.sampling_bias), "real_fraction": str(settings.real_fraction)}
+    path = storage.dataset_path(folder, start)
+    if start == 0:
+        data, md5 = real0, steps.save_dataset(path, real0, {**meta, "parent_md5": ""}, method, 0)
+    else:
+        data, md5 = storage.read_dataset(path), storage.md5(path)
+    _, n_synth = loop.split_counts(settings.mode, study.n_samples, settings.real_fraction)
+
+    for g in range(start, generations):
+        model = steps.fit_model(study, data, method, seed, g)
+        metrics = steps.evaluate_model(study, model, data, method, g)
+        if g + 1 < generations:
+            synthetic = steps.sample_model(study, model, n_synth, settings.sampling_bias, method, seed, g + 1)
+            next_data = steps.build_dataset(study, settings, data, real0, synthetic, method, seed, g + 1)
+            next_path = storage.dataset_path(folder, g + 1)
+            next_md5 = steps.save_dataset(next_path, next_data, {**meta, "parent_md5": md5}, method, g + 1)
+        record = {"experiment": experiment, "fingerprint": key, "dataset_md5": md5, "metrics": metrics}
+        steps.save_record(storage.record_path(folder, g), record, method, g)
+        steps.log_generation(tracker, run_id, _stats(metrics), path, md5, method, g)
+        records.append({**record, "method": method, "generation": g})
+        logger.info(f"{experiment}/{method} generation {g}: "
+                    + ", ".join(f"{k}={v:.4g}" for k, v in _stats(metrics).items() if k.endswith("_mean")))
+        if g + 1 < generations:
+            data, md5, path = next_data, next_md5, next_path
+    return records
+
+
+def _stats(metrics: dict[str, list[float]]) -> dict[str, float]:
+    """MLflow metric names: <metric>_mean, <metric>_se, <metric>_median over seeds."""
+    return {f"{name}_{k}": v for name, values in metrics.items()
+            for k, v in tables.seed_stats(values).items() if v == v}
+
+
+def run_study(study: Study, params: Params, root: Path) -> pd.DataFrame:
+    """Run every method through the loop, then write the tables and the figure; return the tidy table."""
+    paths = StudyPaths(root, study.experiment)
+    tracker = StudyTracker(study.experiment, paths.mlflow_dir, flatten(params),
+                           {"loop_mode": params.loop.mode, "torch": torch.__version__})
+    ok = False
+    try:
+        frames = []
+        for method in params.methods:
+            run_id = tracker.start_method(method)
+            try:
+                records = method_loop(study, params, study.experiment, method, paths.method_dir(method),
+                                      tracker, run_id)
+            except BaseException:
+                tracker.finish(run_id, ok=False)
+                raise
+            tracker.finish(run_id)
+            frames += [tables.tidy_rows(study.experiment, method, r["generation"], r["metrics"]) for r in records]
+        tidy = pd.concat(frames, ignore_index=True).assign(**study.labels)
+        publish(study, params, tidy, paths, tracker)
+        ok = True
+        return tidy
+    finally:
+        tracker.finish(tracker.parent_id, ok=ok)
+
+
+def publish(study: Study, params: Params, tidy: pd.DataFrame, paths: StudyPaths, tracker: StudyTracker) -> None:
+    """per_generation.csv, curves.csv, summary.json and the figure, each written atomically."""
+    curve_table = tables.curves(tidy)
+    storage.write_text(paths.per_generation, tidy.to_csv(index=False))
+    storage.write_text(paths.curves, curve_table.to_csv(index=False))
+    storage.write_text(paths.summary, tables.summary_json(curve_table))
+    generations = getattr(params, study.experiment).generations
+    figure = paths.figures / f"{'_'.join(study.figure_metrics)}.png"
+    plot_curves(curve_table, list(study.figure_metrics), figure,
+                title=f"{study.experiment}: {', '.join(params.methods)} ({params.loop.mode} loop, "
+                      f"{study.seeds} seeds, mean ± SE and median)",
+                references=study.references(params.loop, generations))
+    for artifact in (figure, paths.per_generation, paths.summary):
+        tracker.log_artifact(artifact)

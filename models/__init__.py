@@ -1,0 +1,1 @@
+"""Generative models and estimators; they know nothing of Prefect, MLflow or DVC."""

@@ -1,0 +1,43 @@
+"""Metric-vs-generation figures: mean with a standard-error band and the median, per method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from tasks.storage import atomic_path  # noqa: E402
+
+
+def plot_curves(
+    curve_table: pd.DataFrame,
+    metrics: list[str],
+    path: Path,
+    title: str,
+    references: dict[str, pd.Series] | None = None,
+) -> None:
+    """One panel per metric; `references` maps a metric to a theory curve indexed by generation."""
+    references = references or {}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for method, rows in curve_table.groupby("method", sort=True):
+            g, mean, se = rows["generation"], rows[f"{metric}_mean"], rows[f"{metric}_se"].fillna(0.0)
+            (line,) = ax.plot(g, mean, label=f"{method} mean ± SE")
+            ax.fill_between(g, mean - se, mean + se, color=line.get_color(), alpha=0.25, linewidth=0)
+            ax.plot(g, rows[f"{metric}_median"], linestyle="--", color=line.get_color(), label=f"{method} median")
+        if metric in references:
+            reference = references[metric]
+            ax.plot(reference.index, reference.values, color="black", linestyle=":", label=reference.name)
+        ax.set_xlabel("generation")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

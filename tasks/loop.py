@@ -1,0 +1,104 @@
+"""The self-consuming loop, independent of any model (GUIDE section 1).
+
+Generation 0 fits the real dataset D_0. Generation g >= 1 fits D_g, built from the n_synth
+samples S_g of model g-1:
+
+    replace     D_g = S_g
+    accumulate  D_g = D_(g-1) + S_g
+    augment     D_g = (a random real_fraction * n subset of D_0) + S_g
+    fresh       D_g = (a new real draw of real_fraction * n points) + S_g
+
+A study plugs in by implementing `Study`; every study gets all four modes and the sampling
+bias for free. Randomness comes from generators keyed by (seed, purpose, ...), so a generation
+recomputed after a crash draws exactly the numbers it drew the first time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One generation's data for all seeds: values (S, N, *event), is_real (N,) shared by the seeds."""
+
+    values: torch.Tensor
+    is_real: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.values.shape[1]
+
+
+@runtime_checkable
+class Study(Protocol):
+    """What the loop needs from an experiment. Every tensor has the seed axis first."""
+
+    experiment: str
+    seeds: int
+    n_samples: int
+
+    def draw_real(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """(seeds, n, *event) fresh draws from the true data distribution."""
+
+    def fit(self, data: Dataset, method: str, generator: torch.Generator) -> Any:
+        """Fit one model per seed to `data` with `method`."""
+
+    def sample(self, model: Any, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
+        """(seeds, n, *event) samples of the fitted model, latent/variance scaled by sampling_bias."""
+
+    def evaluate(self, model: Any, data: Dataset) -> dict[str, torch.Tensor]:
+        """Metric name -> (seeds,) values of the fitted model."""
+
+
+def generator(seed: int, *keys: object) -> torch.Generator:
+    """A torch generator seeded from the global seed and the keys (e.g. 'sample', method, g)."""
+    digest = hashlib.sha256(repr((seed, *keys)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def split_counts(mode: str, n: int, real_fraction: float) -> tuple[int, int]:
+    """(real, synthetic) sample counts of a later generation's fresh contribution."""
+    if mode in ("replace", "accumulate"):
+        return 0, n
+    n_real = round(real_fraction * n)
+    return n_real, n - n_real
+
+
+def real_dataset(values: torch.Tensor) -> Dataset:
+    return Dataset(values, torch.ones(values.shape[1], dtype=torch.bool))
+
+
+def synthetic_dataset(values: torch.Tensor) -> Dataset:
+    return Dataset(values, torch.zeros(values.shape[1], dtype=torch.bool))
+
+
+def concat(*parts: Dataset) -> Dataset:
+    return Dataset(torch.cat([p.values for p in parts], dim=1), torch.cat([p.is_real for p in parts]))
+
+
+def real_part(
+    mode: str, real0: Dataset, n_real: int, draw_real: Callable[[int], torch.Tensor], rng: torch.Generator
+) -> Dataset | None:
+    """The real points of a later generation: a random subset of D_0 (augment), a new draw (fresh)."""
+    if mode == "augment":
+        keep = torch.randperm(len(real0), generator=rng)[:n_real].sort().values
+        return Dataset(real0.values[:, keep], real0.is_real[keep])
+    if mode == "fresh":
+        return real_dataset(draw_real(n_real))
+    return None
+
+
+def next_dataset(mode: str, previous: Dataset, real: Dataset | None, synthetic: torch.Tensor) -> Dataset:
+    """D_g from D_(g-1), the real part of `real_part` and the synthetic samples S_g."""
+    samples = synthetic_dataset(synthetic)
+    if mode == "replace":
+        return samples
+    if mode == "accumulate":
+        return concat(previous, samples)
+    if mode in ("augment", "fresh"):
+        return concat(real, samples)
+    raise ValueError(f"unknown loop mode {mode!r}; use replace, accumulate, augment or fresh")

@@ -1,0 +1,45 @@
+"""Where a study's outputs live, relative to the repository root (DVC runs stages from there)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    root: Path
+    experiment: str
+
+    @property
+    def generations(self) -> Path:
+        """data/generations/<experiment>: one folder of Parquet datasets per method (a DVC output)."""
+        return self.root / "data" / "generations" / self.experiment
+
+    def method_dir(self, method: str) -> Path:
+        return self.generations / method
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics" / self.experiment
+
+    @property
+    def per_generation(self) -> Path:
+        return self.metrics / "per_generation.csv"
+
+    @property
+    def curves(self) -> Path:
+        return self.metrics / "curves.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.metrics / "summary.json"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures" / self.experiment
+
+    @property
+    def mlflow_dir(self) -> Path:
+        """The default local MLflow store (SQLite database and artifacts), ignored by git."""
+        return self.root / ".mlflow"

@@ -1,0 +1,75 @@
+"""The Prefect tasks of one generation: fit -> evaluate -> sample -> build next dataset -> save.
+
+Each task is a thin wrapper around a pure function of `tasks.loop`, `tasks.storage` or the
+study, so tests can call `some_task.fn(...)`. Randomness is keyed by (seed, purpose, method,
+generation) and never by call order, which makes a resumed run identical to an uninterrupted one.
+Results are not cached by Prefect: resuming is done from the stored generations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import loop, storage
+from tasks.loop import Dataset, Study
+from tasks.params import LoopParams
+from tasks.tracking import StudyTracker
+
+COMPUTE = dict(cache_policy=NO_CACHE, retries=1)
+IO = dict(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 2, 5])
+
+
+@task(name="fit", task_run_name="fit {method} gen {generation}", **COMPUTE)
+def fit_model(study: Study, data: Dataset, method: str, seed: int, generation: int) -> Any:
+    """Fit generation g's model to D_g."""
+    return study.fit(data, method, loop.generator(seed, "fit", method, generation))
+
+
+@task(name="evaluate", task_run_name="evaluate {method} gen {generation}", **COMPUTE)
+def evaluate_model(study: Study, model: Any, data: Dataset, method: str, generation: int) -> dict[str, list[float]]:
+    """Every metric of generation g's model, one value per seed."""
+    return {name: values.tolist() for name, values in study.evaluate(model, data).items()}
+
+
+@task(name="sample", task_run_name="sample {method} gen {generation}", **COMPUTE)
+def sample_model(study: Study, model: Any, n: int, sampling_bias: float, method: str, seed: int,
+                 generation: int) -> torch.Tensor:
+    """S_g: n samples per seed of model g-1 (generation is the one the samples are for)."""
+    return study.sample(model, n, sampling_bias, loop.generator(seed, "sample", method, generation))
+
+
+@task(name="build-dataset", task_run_name="build {method} gen {generation}", **COMPUTE)
+def build_dataset(study: Study, settings: LoopParams, previous: Dataset, real0: Dataset, synthetic: torch.Tensor,
+                  method: str, seed: int, generation: int) -> Dataset:
+    """D_g from D_(g-1), D_0 and S_g according to the loop mode."""
+    n_real, _ = loop.split_counts(settings.mode, study.n_samples, settings.real_fraction)
+    real = loop.real_part(
+        settings.mode, real0, n_real,
+        lambda n: study.draw_real(n, loop.generator(seed, "real", generation)),
+        loop.generator(seed, "augment", method, generation),
+    )
+    return loop.next_dataset(settings.mode, previous, real, synthetic)
+
+
+@task(name="save-dataset", task_run_name="save {method} gen {generation}", **IO)
+def save_dataset(path: Path, data: Dataset, metadata: dict[str, str], method: str, generation: int) -> str:
+    """Write D_g as Parquet (atomically); return its md5."""
+    return storage.write_dataset(path, data, {**metadata, "method": method, "generation": str(generation)})
+
+
+@task(name="save-record", task_run_name="record {method} gen {generation}", **IO)
+def save_record(path: Path, record: dict, method: str, generation: int) -> None:
+    """Mark generation g complete: its dataset's md5 and its metrics per seed."""
+    storage.write_record(path, {**record, "method": method, "generation": generation})
+
+
+@task(name="log-generation", task_run_name="log {method} gen {generation}", **IO)
+def log_generation(tracker: StudyTracker, run_id: str, stats: dict[str, float], dataset: Path, md5: str,
+                   method: str, generation: int) -> None:
+    """Send generation g's seed statistics and dataset input to MLflow."""
+    tracker.log_generation(run_id, generation, stats, dataset, md5)

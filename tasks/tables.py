@@ -1,0 +1,63 @@
+"""Metric tables: the tidy per-seed table, per-generation curves across seeds, the DVC summary.
+
+The same metric names appear in every output: `per_generation.csv` (one row per experiment,
+method, seed, generation and metric), `curves.csv` (`<metric>_mean`, `_se`, `_median` per
+method and generation, for `dvc plots`), `summary.json` (the last generation, for
+`dvc metrics show`) and MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+TIDY_COLUMNS = ["experiment", "method", "seed", "generation", "metric", "value"]
+
+
+def tidy_rows(experiment: str, method: str, generation: int, metrics: dict[str, list[float]]) -> pd.DataFrame:
+    """Long-format rows of one generation: one row per seed and metric."""
+    frames = [
+        pd.DataFrame({"experiment": experiment, "method": method, "seed": np.arange(len(values)),
+                      "generation": generation, "metric": name, "value": values})
+        for name, values in metrics.items()
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def seed_stats(values: np.ndarray) -> dict[str, float]:
+    """Mean, standard error (sample std / sqrt(S), NaN for one seed) and median over seeds."""
+    values = np.asarray(values, dtype=float)
+    se = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return {"mean": float(values.mean()), "se": float(se), "median": float(np.median(values))}
+
+
+def curves(tidy: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, generation) with `<metric>_mean`, `<metric>_se`, `<metric>_median`."""
+    rows = []
+    for (method, generation), group in tidy.groupby(["method", "generation"], sort=True):
+        row = {"method": method, "generation": int(generation)}
+        for metric, values in group.groupby("metric", sort=False)["value"]:
+            row.update({f"{metric}_{k}": v for k, v in seed_stats(values.to_numpy()).items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary(curve_table: pd.DataFrame) -> dict:
+    """The last generation's statistics per method: {'generation': G, method: {name: value}}."""
+    last = int(curve_table["generation"].max())
+    final = curve_table[curve_table["generation"] == last]
+    out: dict = {"generation": last}
+    for _, row in final.iterrows():
+        out[row["method"]] = {k: _json_number(v) for k, v in row.items() if k not in ("method", "generation")}
+    return out
+
+
+def _json_number(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def summary_json(curve_table: pd.DataFrame) -> str:
+    return json.dumps(summary(curve_table), indent=2) + "\n"

@@ -1,0 +1,70 @@
+"""MLflow tracking: one experiment per study, a parent run per execution, a child run per method.
+
+The tracking URI is `MLFLOW_TRACKING_URI` when set, else a SQLite file in the repository
+(`.mlflow/mlflow.db`, artifacts in `.mlflow/artifacts`). Metrics are the seed statistics of
+`tasks.tables` (`sigma_hat_mean`, `sigma_hat_se`, ...) logged with step = generation, and each
+generation's dataset is an MLflow dataset input whose digest is the md5 DVC records for it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import mlflow.data
+import pyarrow.parquet as pq
+from mlflow import MlflowClient
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus
+
+CHILD_TAGS = ("method", "experiment", "loop_mode")
+
+
+def tracking_uri(mlflow_dir: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(mlflow_dir / 'mlflow.db').resolve()}"
+
+
+class StudyTracker:
+    """A parent run for one execution of a study, with a child run per method."""
+
+    def __init__(self, experiment: str, mlflow_dir: Path, params: dict[str, object], tags: dict[str, str]):
+        uri = tracking_uri(mlflow_dir)
+        if uri.startswith("sqlite:///"):
+            mlflow_dir.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(uri)
+        self.params = [Param(key, str(value)) for key, value in params.items()]
+        self.tags = {"experiment": experiment, **tags}
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            location = (mlflow_dir / "artifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = found.experiment_id
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.parent_id = self._run(f"{experiment} {stamp}", self.tags)
+
+    def _run(self, name: str, tags: dict[str, str]) -> str:
+        run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
+        self.client.log_batch(run_id, params=self.params)
+        return run_id
+
+    def start_method(self, method: str) -> str:
+        """A child run of the parent for one method."""
+        return self._run(method, {**self.tags, "method": method, "mlflow.parentRunId": self.parent_id})
+
+    def log_generation(self, run_id: str, generation: int, metrics: dict[str, float], dataset: Path, md5: str):
+        """Metrics of one generation (step = generation) and its dataset as a training input."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, v, now, generation) for k, v in metrics.items()])
+        frame = pq.read_table(dataset).to_pandas()
+        entity = mlflow.data.from_pandas(
+            frame, source=str(dataset.resolve()), name=f"{dataset.parent.name}/{dataset.stem}", digest=md5
+        )._to_mlflow_entity()
+        context = InputTag(key="mlflow.data.context", value="training")
+        self.client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[context])])
+
+    def log_artifact(self, path: Path) -> None:
+        self.client.log_artifact(self.parent_id, str(path))
+
+    def finish(self, run_id: str, ok: bool = True) -> None:
+        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
