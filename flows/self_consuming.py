@@ -15,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from prefect import flow, get_run_logger
@@ -113,7 +114,7 @@ def method_loop(study: Study, params: Params, experiment: str, method: str, fold
     return records
 
 
-def _stats(metrics: dict[str, list[float]]) -> dict[str, float]:
+def _stats(metrics: dict[str, np.ndarray | list[float]]) -> dict[str, float]:
     """MLflow metric names: <metric>_mean, <metric>_se, <metric>_median over seeds."""
     return {f"{name}_{k}": v for name, values in metrics.items()
             for k, v in tables.seed_stats(values).items() if v == v}

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from tasks.storage import atomic_path  # noqa: E402
 
@@ -32,6 +33,7 @@ def plot_curves(
         if metric in references:
             reference = references[metric]
             ax.plot(reference.index, reference.values, color="black", linestyle=":", label=reference.name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("generation")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

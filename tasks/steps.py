@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -31,9 +32,9 @@ def fit_model(study: Study, data: Dataset, method: str, seed: int, generation: i
 
 
 @task(name="evaluate", task_run_name="evaluate {method} gen {generation}", **COMPUTE)
-def evaluate_model(study: Study, model: Any, data: Dataset, method: str, generation: int) -> dict[str, list[float]]:
-    """Every metric of generation g's model, one value per seed."""
-    return {name: values.tolist() for name, values in study.evaluate(model, data).items()}
+def evaluate_model(study: Study, model: Any, data: Dataset, method: str, generation: int) -> dict[str, np.ndarray]:
+    """Every metric of generation g's model, one value per seed (arrays: Prefect does not walk them)."""
+    return {name: values.double().numpy() for name, values in study.evaluate(model, data).items()}
 
 
 @task(name="sample", task_run_name="sample {method} gen {generation}", **COMPUTE)
@@ -65,7 +66,8 @@ def save_dataset(path: Path, data: Dataset, metadata: dict[str, str], method: st
 @task(name="save-record", task_run_name="record {method} gen {generation}", **IO)
 def save_record(path: Path, record: dict, method: str, generation: int) -> None:
     """Mark generation g complete: its dataset's md5 and its metrics per seed."""
-    storage.write_record(path, {**record, "method": method, "generation": generation})
+    metrics = {name: np.asarray(values).tolist() for name, values in record["metrics"].items()}
+    storage.write_record(path, {**record, "metrics": metrics, "method": method, "generation": generation})
 
 
 @task(name="log-generation", task_run_name="log {method} gen {generation}", **IO)

@@ -8,14 +8,16 @@ generation's dataset is an MLflow dataset input whose digest is the md5 DVC reco
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import mlflow.data
 import pyarrow.parquet as pq
 from mlflow import MlflowClient
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus
 
 CHILD_TAGS = ("method", "experiment", "loop_mode")
 
@@ -24,19 +26,33 @@ def tracking_uri(mlflow_dir: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(mlflow_dir / 'mlflow.db').resolve()}"
 
 
+def dataset_entity(path: Path, md5: str) -> Dataset:
+    """An MLflow dataset for a Parquet file: digest = the file's md5, schema from its first rows,
+    profile from the Parquet footer (inferring a schema from every row would take seconds)."""
+    parquet = pq.ParquetFile(path)
+    head = next(parquet.iter_batches(batch_size=256)).to_pandas()
+    with warnings.catch_warnings():  # MLflow warns of integer columns and two local-file sources
+        warnings.simplefilter("ignore", UserWarning)
+        sampled = mlflow.data.from_pandas(head, source=path.resolve().as_uri(), digest=md5)._to_mlflow_entity()
+    rows = parquet.metadata.num_rows
+    profile = {"num_rows": rows, "num_elements": rows * parquet.metadata.num_columns}
+    return Dataset(name=f"{path.parent.name}/{path.stem}", digest=md5, source_type=sampled.source_type,
+                   source=sampled.source, schema=sampled.schema, profile=json.dumps(profile))
+
+
 class StudyTracker:
     """A parent run for one execution of a study, with a child run per method."""
 
     def __init__(self, experiment: str, mlflow_dir: Path, params: dict[str, object], tags: dict[str, str]):
-        uri = tracking_uri(mlflow_dir)
-        if uri.startswith("sqlite:///"):
+        uri, local = tracking_uri(mlflow_dir), "MLFLOW_TRACKING_URI" not in os.environ
+        if local:
             mlflow_dir.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(uri)
         self.params = [Param(key, str(value)) for key, value in params.items()]
         self.tags = {"experiment": experiment, **tags}
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
-            location = (mlflow_dir / "artifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+            location = (mlflow_dir / "artifacts").resolve().as_uri() if local else None
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             self.experiment_id = found.experiment_id
@@ -56,10 +72,7 @@ class StudyTracker:
         """Metrics of one generation (step = generation) and its dataset as a training input."""
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, v, now, generation) for k, v in metrics.items()])
-        frame = pq.read_table(dataset).to_pandas()
-        entity = mlflow.data.from_pandas(
-            frame, source=str(dataset.resolve()), name=f"{dataset.parent.name}/{dataset.stem}", digest=md5
-        )._to_mlflow_entity()
+        entity = dataset_entity(dataset, md5)
         context = InputTag(key="mlflow.data.context", value="training")
         self.client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[context])])
 

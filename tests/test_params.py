@@ -1,0 +1,104 @@
+"""params.yaml validation: every bad value stops with one clear line, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.cli import main
+from flows.gaussian import gaussian_flow
+from tasks.params import ParamsError, flatten, load_params
+
+from conftest import ROOT, subprocess_env, write_params
+
+BAD = [
+    # (sections to override, text the message must contain)
+    ({"methods": ["mle", "bayes"]}, "methods"),
+    ({"methods": []}, "methods"),
+    ({"methods": ["mle", "mle"]}, "only once"),
+    ({"gaussian": {"generations": -3}}, "gaussian.generations = -3"),
+    ({"gaussian": {"generations": 0}}, "gaussian.generations = 0"),
+    ({"gaussian": {"n_samples": 1}}, "gaussian.n_samples = 1"),
+    ({"gaussian": {"n_samples": "10"}}, "gaussian.n_samples = '10'"),
+    ({"gaussian": {"seeds": 2.5}}, "gaussian.seeds = 2.5"),
+    ({"gaussian": {"distribution": "cauchy"}}, "'normal' or 'uniform'"),
+    ({"loop": {"real_fraction": 1.5}}, "loop.real_fraction = 1.5"),
+    ({"loop": {"real_fraction": -0.1}}, "loop.real_fraction = -0.1"),
+    ({"loop": {"sampling_bias": 0.0}}, "loop.sampling_bias = 0.0"),
+    ({"loop": {"sampling_bias": 1.2}}, "loop.sampling_bias = 1.2"),
+    ({"loop": {"mode": "circular"}}, "'replace', 'accumulate', 'augment' or 'fresh'"),
+    ({"seed": "zero"}, "seed = 'zero'"),
+    ({"seed": -1}, "seed = -1"),
+    ({"gaussian": {"n_sample": 10}}, "did you mean 'n_samples'"),
+    ({"loop": {"mode": True}}, "loop.mode = True"),
+]
+
+
+def _remove_key(path: Path, section: str, key: str) -> None:
+    params = yaml.safe_load(path.read_text())
+    del params[section][key]
+    path.write_text(yaml.safe_dump(params))
+
+
+@pytest.mark.parametrize("override,expected", BAD, ids=[str(o) for o, _ in BAD])
+def test_bad_value_stops_with_one_clear_line(tmp_path, monkeypatch, capsys, override, expected):
+    path = write_params(tmp_path / "in", **override)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    assert main(gaussian_flow, [str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {path}:")
+    assert expected in err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_missing_key_is_named(tmp_path):
+    path = write_params(tmp_path)
+    _remove_key(path, "gaussian", "seeds")
+    with pytest.raises(ParamsError, match="key 'gaussian.seeds' is missing"):
+        load_params(path)
+
+
+def test_missing_section_is_named(tmp_path):
+    path = write_params(tmp_path)
+    params = yaml.safe_load(path.read_text())
+    del params["loop"]
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError, match="key 'loop' is missing"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("text,expected", [("seed: [unclosed\n", "not valid YAML at line"),
+                                           ("- a list\n", "expected a mapping")])
+def test_unreadable_file(tmp_path, text, expected):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=expected):
+        load_params(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_shipped_params_are_valid_and_flatten():
+    params = load_params(ROOT / "params.yaml")
+    flat = flatten(params)
+    assert flat["loop.mode"] == params.loop.mode
+    assert flat["gaussian.n_samples"] == params.gaussian.n_samples
+    assert flat["methods"] == ",".join(params.methods)
+
+
+def test_command_line_exit_code_and_stderr(tmp_path):
+    """The real process: non-zero exit, a single line on stderr, no output folders."""
+    path = write_params(tmp_path, loop={"mode": "circular"})
+    result = subprocess.run([sys.executable, "-m", "flows.gaussian", str(path)], cwd=tmp_path,
+                            env={**subprocess_env(), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "loop.mode = 'circular'" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
