@@ -13,6 +13,7 @@ import inspect
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,6 @@ from prefect import flow, get_run_logger
 
 import models
 from tasks import loop, steps, storage, tables
-from tasks.figures import plot_curves
 from tasks.loop import Study
 from tasks.params import Params, flatten
 from tasks.paths import StudyPaths
@@ -35,7 +35,7 @@ def fingerprint(study: Study, params: Params, method: str) -> str:
     sources = [inspect.getsource(loop), inspect.getsource(sys.modules[type(study).__module__])]
     sources += [path.read_text() for path in sorted(Path(models.__file__).parent.glob("*.py"))]
     payload = json.dumps({
-        "study": getattr(params, study.experiment).model_dump(),
+        "study": study.config,
         "loop": params.loop.model_dump(), "seed": params.seed, "method": method,
         "code": hashlib.sha256("\n".join(sources).encode()).hexdigest(),
     }, sort_keys=True)
@@ -67,10 +67,11 @@ def completed_records(folder: Path, print_fn, fingerprint_: str, generations: in
     return records
 
 
-@flow(name="method-loop", flow_run_name="{experiment}: {method}", log_prints=True, validate_parameters=False)
-def method_loop(study: Study, params: Params, experiment: str, method: str, folder: Path,
+@flow(name="method-loop", flow_run_name="{experiment}: {method} {point}", log_prints=True,
+      validate_parameters=False)
+def method_loop(study: Study, params: Params, experiment: str, method: str, point: str, folder: Path,
                 tracker: StudyTracker, run_id: str) -> list[dict]:
-    """Run (or resume) generations 0..G-1 of one method; return every generation's record."""
+    """Run (or resume) generations 0..G-1 of one method at one grid point; return every record."""
     logger = get_run_logger()
     settings, seed, generations = params.loop, params.seed, getattr(params, experiment).generations
     key = fingerprint(study, params, method)
@@ -120,43 +121,54 @@ def _stats(metrics: dict[str, np.ndarray | list[float]]) -> dict[str, float]:
             for k, v in tables.seed_stats(values).items() if v == v}
 
 
-def run_study(study: Study, params: Params, root: Path) -> pd.DataFrame:
-    """Run every method through the loop, then write the tables and the figure; return the tidy table."""
-    paths = StudyPaths(root, study.experiment)
-    tracker = StudyTracker(study.experiment, paths.mlflow_dir, flatten(params),
+def point_name(point: dict[str, object]) -> str:
+    """'weight=0.95,n_samples=50' for a grid point; '' for a study without a grid."""
+    return ",".join(f"{key}={value}" for key, value in point.items())
+
+
+Figures = Callable[[pd.DataFrame, StudyPaths], list[Path]]
+
+
+def run_study(studies: list[Study], params: Params, root: Path, figures: Figures) -> pd.DataFrame:
+    """Run every method at every grid point through the loop, then write the tables and figures.
+
+    `studies` holds one study per grid point (one in all for a study without a grid); `figures`
+    draws the experiment's figures from the curve table. Returns the tidy table.
+    """
+    experiment = studies[0].experiment
+    paths = StudyPaths(root, experiment)
+    tracker = StudyTracker(experiment, paths.mlflow_dir, flatten(params),
                            {"loop_mode": params.loop.mode, "torch": torch.__version__})
     ok = False
     try:
         frames = []
-        for method in params.methods:
-            run_id = tracker.start_method(method)
-            try:
-                records = method_loop(study, params, study.experiment, method, paths.method_dir(method),
-                                      tracker, run_id)
-            except BaseException:
-                tracker.finish(run_id, ok=False)
-                raise
-            tracker.finish(run_id)
-            frames += [tables.tidy_rows(study.experiment, method, r["generation"], r["metrics"]) for r in records]
-        tidy = pd.concat(frames, ignore_index=True).assign(**study.labels)
-        publish(study, params, tidy, paths, tracker)
+        for study in studies:
+            name = point_name(study.point)
+            for method in params.methods_of(experiment):
+                folder = paths.method_dir(method) / name if name else paths.method_dir(method)
+                run_id = tracker.start_method(method, study.point)
+                try:
+                    records = method_loop(study, params, experiment, method, name, folder, tracker, run_id)
+                except BaseException:
+                    tracker.finish(run_id, ok=False)
+                    raise
+                tracker.finish(run_id)
+                frames += [tables.tidy_rows(experiment, method, r["generation"], r["metrics"]).assign(
+                    **study.point, **study.labels) for r in records]
+        tidy = pd.concat(frames, ignore_index=True)
+        publish(tidy, paths, tracker, figures, list(studies[0].point))
         ok = True
         return tidy
     finally:
         tracker.finish(tracker.parent_id, ok=ok)
 
 
-def publish(study: Study, params: Params, tidy: pd.DataFrame, paths: StudyPaths, tracker: StudyTracker) -> None:
-    """per_generation.csv, curves.csv, summary.json and the figure, each written atomically."""
-    curve_table = tables.curves(tidy)
+def publish(tidy: pd.DataFrame, paths: StudyPaths, tracker: StudyTracker, figures: Figures,
+            grid: list[str]) -> None:
+    """per_generation.csv, curves.csv, summary.json and the figures, each written atomically."""
+    curve_table = tables.curves(tidy, grid)
     storage.write_text(paths.per_generation, tidy.to_csv(index=False))
     storage.write_text(paths.curves, curve_table.to_csv(index=False))
-    storage.write_text(paths.summary, tables.summary_json(curve_table))
-    generations = getattr(params, study.experiment).generations
-    figure = paths.figures / f"{'_'.join(study.figure_metrics)}.png"
-    plot_curves(curve_table, list(study.figure_metrics), figure,
-                title=f"{study.experiment}: {', '.join(params.methods)} ({params.loop.mode} loop, "
-                      f"{study.seeds} seeds, mean ± SE and median)",
-                references=study.references(params.loop, generations))
-    for artifact in (figure, paths.per_generation, paths.summary):
+    storage.write_text(paths.summary, tables.summary_json(curve_table, grid))
+    for artifact in [*figures(curve_table, paths), paths.per_generation, paths.summary]:
         tracker.log_artifact(artifact)

@@ -29,10 +29,15 @@ class GaussianStudy:
     def n_samples(self) -> int:
         return self.params.n_samples
 
+    point = {}
+
     @property
     def labels(self) -> dict[str, object]:
-        """Extra columns of the tidy table."""
         return {"distribution": self.params.distribution}
+
+    @property
+    def config(self) -> dict:
+        return self.params.model_dump(exclude={"methods"})
 
     def draw_real(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return gaussian.draw_true(self.params.distribution, self.seeds, n, generator)
@@ -53,8 +58,6 @@ class GaussianStudy:
             "sigma_bias": model.sigma - true_sigma,
             "mu_hat": model.mu,
         }
-
-    figure_metrics = ("sigma_hat", "sigma2_hat")
 
     def references(self, loop: LoopParams, generations: int) -> dict[str, pd.Series]:
         """Theory curves: E[sigma_hat^2] of MLE in the replace loop, and the true sigma."""

@@ -40,6 +40,9 @@ class Study(Protocol):
     experiment: str
     seeds: int
     n_samples: int
+    point: dict[str, object]  # grid coordinates, e.g. {"weight": 0.95, "n_samples": 50}; {} without a grid
+    labels: dict[str, object]  # further constant columns of the tidy table
+    config: dict  # everything the stored generations depend on (part of their fingerprint)
 
     def draw_real(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """(seeds, n, *event) fresh draws from the true data distribution."""

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 LoopMode = Literal["replace", "accumulate", "augment", "fresh"]
-Method = Literal["mle", "ple"]
+Method = Literal["mle", "hyper_mle", "ple"]
 
 
 class ParamsError(ValueError):
@@ -35,13 +35,91 @@ class LoopParams(_Strict):
     sampling_bias: float = Field(gt=0.0, le=1.0, description="lambda: sample N(mu, lambda Sigma)")
 
 
+def _unique_methods(methods: list[str] | None) -> list[str] | None:
+    if methods is not None and len(set(methods)) != len(methods):
+        raise ValueError("each method may appear only once")
+    return methods
+
+
 class GaussianParams(_Strict):
     """The analytic Gaussian study (PLE paper Fig. 5)."""
 
+    methods: list[Literal["mle", "ple"]] | None = Field(
+        default=None, min_length=1, description="overrides the top-level methods; no hypernetwork here")
     distribution: Literal["normal", "uniform"] = Field(description="true data: N(0,1) or U[0,1]")
     n_samples: int = Field(ge=2, description="size of every generation's dataset")
     generations: int = Field(ge=1, description="number of fitted generations, 0 .. generations-1")
     seeds: int = Field(ge=1, description="independent runs, vectorised in one tensor")
+
+    _unique = field_validator("methods")(_unique_methods)
+
+
+class HyperParams(_Strict):
+    """The hypernetwork of `models.hypernet.HyperConfig`."""
+
+    hidden: int = Field(ge=1)
+    encoder_depth: int = Field(ge=1)
+    post_depth: int = Field(ge=0)
+    head: Literal["chunked", "linear"]
+    chunk: int = Field(ge=1)
+    embed: int = Field(ge=1)
+
+
+class PLEParams(_Strict):
+    """Training of the hypernetwork (`models.ple.PLEConfig`); `hyper_mle` uses lam = 0."""
+
+    lam: float = Field(gt=0.0, description="penalty weight lambda of method ple")
+    steps: int = Field(ge=1)
+    lr: float = Field(gt=0.0)
+    batch: int = Field(ge=0, description="points per step, 0 for the whole dataset")
+
+
+class GMMGrid(_Strict):
+    weight: list[float] = Field(min_length=1, description="weight of the first (majority) component")
+    n_samples: list[int] = Field(min_length=1, description="points per generation")
+
+    @field_validator("weight")
+    @classmethod
+    def _weights_in_unit_interval(cls, values: list[float]) -> list[float]:
+        if not all(0.0 < v < 1.0 for v in values):
+            raise ValueError("every weight must lie strictly between 0 and 1")
+        return values
+
+    @field_validator("n_samples")
+    @classmethod
+    def _enough_points(cls, values: list[int]) -> list[int]:
+        if not all(v >= 4 for v in values):
+            raise ValueError("every sample size must be at least 4")
+        return values
+
+
+class GMMParams(_Strict):
+    """The Gaussian-mixture study (PLE paper Fig. 3): a grid of imbalance x sample size."""
+
+    methods: list[Method] | None = Field(default=None, min_length=1)
+    means: list[list[float]] = Field(min_length=2, description="K component means, each of dimension d")
+    stds: list[list[float]] = Field(min_length=2, description="K component standard deviations (K x d)")
+    weights: list[float] = Field(min_length=1, description="relative weights of components 2..K "
+                                 "(component 1 takes grid.weight, the rest share 1 - weight in these ratios)")
+    grid: GMMGrid
+    generations: int = Field(ge=1)
+    seeds: int = Field(ge=1)
+    kl_samples: int = Field(ge=100, description="Monte Carlo draws for KL(p_true || q)")
+    hyper: HyperParams
+    ple: PLEParams
+
+    _unique = field_validator("methods")(_unique_methods)
+
+    @model_validator(mode="after")
+    def _consistent_shapes(self) -> GMMParams:
+        k, d = len(self.means), len(self.means[0])
+        if any(len(m) != d for m in self.means) or len(self.stds) != k or any(len(s) != d for s in self.stds):
+            raise ValueError(f"means and stds must both be {k} x {d} (components x dimensions)")
+        if any(v <= 0 for row in self.stds for v in row):
+            raise ValueError("every standard deviation must be positive")
+        if len(self.weights) != k - 1 or any(v <= 0 for v in self.weights):
+            raise ValueError(f"weights needs {k - 1} positive entries, one per component after the first")
+        return self
 
 
 class Params(_Strict):
@@ -49,13 +127,21 @@ class Params(_Strict):
     methods: list[Method] = Field(min_length=1, description="estimators compared in every study")
     loop: LoopParams
     gaussian: GaussianParams
+    gmm: GMMParams
 
-    @field_validator("methods")
-    @classmethod
-    def _unique(cls, methods: list[str]) -> list[str]:
-        if len(set(methods)) != len(methods):
-            raise ValueError("each method may appear only once")
-        return methods
+    _unique = field_validator("methods")(_unique_methods)
+
+    @model_validator(mode="after")
+    def _gaussian_is_analytic(self) -> Params:
+        extra = set(self.methods_of("gaussian")) - {"mle", "ple"}
+        if extra:
+            raise ValueError(f"the analytic gaussian study has no {', '.join(sorted(extra))}; "
+                             "set gaussian.methods, e.g. [mle, ple]")
+        return self
+
+    def methods_of(self, experiment: str) -> list[str]:
+        """The experiment's own `methods` list when it has one, else the top-level list."""
+        return getattr(self, experiment).methods or self.methods
 
 
 def _key(loc: tuple) -> str:
@@ -84,6 +170,10 @@ def _describe(error: dict, source: str) -> str:
         hint = f"did you mean '{close[0]}'? " if close else ""
         return f"{source}: unknown key '{key}'; {hint}allowed here: {', '.join(allowed)}"
     message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:
+        return f"{source}: {message}"
+    if isinstance(value, dict):
+        return f"{source}: {key}: {message}"
     return f"{source}: {key} = {value!r} is invalid: {message}"
 
 

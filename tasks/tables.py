@@ -34,24 +34,31 @@ def seed_stats(values: np.ndarray) -> dict[str, float]:
     return {"mean": float(values.mean()), "se": float(se), "median": float(np.median(values))}
 
 
-def curves(tidy: pd.DataFrame) -> pd.DataFrame:
-    """One row per (method, generation) with `<metric>_mean`, `<metric>_se`, `<metric>_median`."""
+def curves(tidy: pd.DataFrame, grid: list[str] = ()) -> pd.DataFrame:
+    """One row per (method, grid point, generation): `<metric>_mean`, `<metric>_se`, `<metric>_median`."""
+    keys = ["method", *grid, "generation"]
     rows = []
-    for (method, generation), group in tidy.groupby(["method", "generation"], sort=True):
-        row = {"method": method, "generation": int(generation)}
+    for values, group in tidy.groupby(keys, sort=True):
+        row = dict(zip(keys, values))
         for metric, values in group.groupby("metric", sort=False)["value"]:
             row.update({f"{metric}_{k}": v for k, v in seed_stats(values.to_numpy()).items()})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def summary(curve_table: pd.DataFrame) -> dict:
-    """The last generation's statistics per method: {'generation': G, method: {name: value}}."""
+def summary(curve_table: pd.DataFrame, grid: list[str] = ()) -> dict:
+    """The last generation's statistics: {'generation': G, method: {name: value}}, or with a grid
+    {'generation': G, method: {'weight=0.95,n_samples=50': {name: value}}}."""
     last = int(curve_table["generation"].max())
     final = curve_table[curve_table["generation"] == last]
     out: dict = {"generation": last}
     for _, row in final.iterrows():
-        out[row["method"]] = {k: _json_number(v) for k, v in row.items() if k not in ("method", "generation")}
+        stats = {k: _json_number(v) for k, v in row.items() if k not in ("method", "generation", *grid)}
+        if grid:
+            point = ",".join(f"{key}={row[key]}" for key in grid)
+            out.setdefault(row["method"], {})[point] = stats
+        else:
+            out[row["method"]] = stats
     return out
 
 
@@ -59,5 +66,5 @@ def _json_number(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def summary_json(curve_table: pd.DataFrame) -> str:
-    return json.dumps(summary(curve_table), indent=2) + "\n"
+def summary_json(curve_table: pd.DataFrame, grid: list[str] = ()) -> str:
+    return json.dumps(summary(curve_table, grid), indent=2) + "\n"

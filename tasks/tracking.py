@@ -64,9 +64,11 @@ class StudyTracker:
         self.client.log_batch(run_id, params=self.params)
         return run_id
 
-    def start_method(self, method: str) -> str:
-        """A child run of the parent for one method."""
-        return self._run(method, {**self.tags, "method": method, "mlflow.parentRunId": self.parent_id})
+    def start_method(self, method: str, point: dict[str, object]) -> str:
+        """A child run of the parent for one method (at one grid point, whose keys become tags)."""
+        name = " ".join([method, *(f"{k}={v}" for k, v in point.items())])
+        tags = {**self.tags, **{k: str(v) for k, v in point.items()}, "method": method}
+        return self._run(name, {**tags, "mlflow.parentRunId": self.parent_id})
 
     def log_generation(self, run_id: str, generation: int, metrics: dict[str, float], dataset: Path, md5: str):
         """Metrics of one generation (step = generation) and its dataset as a training input."""
