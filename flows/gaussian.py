@@ -25,7 +25,7 @@ def gaussian_flow(params_file: str = "params.yaml", root: str = ".") -> pd.DataF
     params = load_params(params_file)
     study = GaussianStudy(params.gaussian)
 
-    def figures(curve_table: pd.DataFrame, paths: StudyPaths) -> list[Path]:
+    def figures(tidy: pd.DataFrame, curve_table: pd.DataFrame, paths: StudyPaths) -> list[Path]:
         """sigma_hat and sigma_hat^2 against generation, with the true sigma and the MLE theory."""
         path = paths.figures / "sigma_hat_sigma2_hat.png"
         plot_curves(curve_table, ["sigma_hat", "sigma2_hat"], path,

@@ -126,14 +126,14 @@ def point_name(point: dict[str, object]) -> str:
     return ",".join(f"{key}={value}" for key, value in point.items())
 
 
-Figures = Callable[[pd.DataFrame, StudyPaths], list[Path]]
+Figures = Callable[[pd.DataFrame, pd.DataFrame, StudyPaths], list[Path]]  # (tidy, curves, paths)
 
 
 def run_study(studies: list[Study], params: Params, root: Path, figures: Figures) -> pd.DataFrame:
     """Run every method at every grid point through the loop, then write the tables and figures.
 
     `studies` holds one study per grid point (one in all for a study without a grid); `figures`
-    draws the experiment's figures from the curve table. Returns the tidy table.
+    draws the experiment's figures from the tidy and curve tables. Returns the tidy table.
     """
     experiment = studies[0].experiment
     paths = StudyPaths(root, experiment)
@@ -170,5 +170,5 @@ def publish(tidy: pd.DataFrame, paths: StudyPaths, tracker: StudyTracker, figure
     storage.write_text(paths.per_generation, tidy.to_csv(index=False))
     storage.write_text(paths.curves, curve_table.to_csv(index=False))
     storage.write_text(paths.summary, tables.summary_json(curve_table, grid))
-    for artifact in [*figures(curve_table, paths), paths.per_generation, paths.summary]:
+    for artifact in [*figures(tidy, curve_table, paths), paths.per_generation, paths.summary]:
         tracker.log_artifact(artifact)

@@ -51,17 +51,19 @@ class Generative(nn.Module):
 @dataclass(frozen=True)
 class PLEConfig:
     lam: float = 0.1  # penalty weight lambda; 0 gives hyper-MLE
-    steps: int = 300  # full-batch Adam steps per fit
+    steps: int = 300  # Adam steps per fit
     lr: float = 1e-2
-    batch: int = 0  # points per step (0: all of X)
+    batch_fraction: float = 1.0  # share of X in each step's random subset (1: all of X)
 
 
 @dataclass
 class TrainingCurve:
-    """Per step, mean over seeds: the fit term and the penalty term."""
+    """Per step, mean over seeds: the fit term and the penalty term; and both per seed at the end."""
 
     fit: list[float] = field(default_factory=list)
     penalty: list[float] = field(default_factory=list)
+    final_fit: torch.Tensor | None = None  # (S,)
+    final_penalty: torch.Tensor | None = None  # (S,)
 
 
 def ple_terms(hyper: HyperNetwork, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,11 +111,13 @@ class HyperEnsemble:
         optimizer = torch.optim.Adam(self.params.values(), lr=config.lr)
         curve = TrainingCurve()
         seeds, n = x.shape[:2]
+        size = max(2, round(config.batch_fraction * n))
         for _ in range(config.steps):
             batch = x
-            if 0 < config.batch < n:
-                index = torch.stack([torch.randperm(n, generator=generator)[: config.batch] for _ in range(seeds)])
-                batch = torch.gather(x, 1, index.reshape(seeds, -1, *[1] * (x.dim() - 2)).expand(-1, -1, *x.shape[2:]))
+            if size < n:
+                index = torch.stack([torch.randperm(n, generator=generator)[:size] for _ in range(seeds)])
+                index = index.reshape(seeds, size, *[1] * (x.dim() - 2)).expand(-1, -1, *x.shape[2:])
+                batch = torch.gather(x, 1, index)
             noise = torch.stack([self.target.noise(batch.shape[1], generator) for _ in range(seeds)])
             fit, penalty = terms(self.params, self.buffers, batch, noise)
             loss = (fit + config.lam * penalty).sum()  # a sum of independent per-seed losses
@@ -122,4 +126,5 @@ class HyperEnsemble:
             optimizer.step()
             curve.fit.append(fit.mean().item())
             curve.penalty.append(penalty.mean().item())
+        curve.final_fit, curve.final_penalty = fit.detach(), penalty.detach()
         return curve

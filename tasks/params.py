@@ -71,7 +71,8 @@ class PLEParams(_Strict):
     lam: float = Field(gt=0.0, description="penalty weight lambda of method ple")
     steps: int = Field(ge=1)
     lr: float = Field(gt=0.0)
-    batch: int = Field(ge=0, description="points per step, 0 for the whole dataset")
+    batch_fraction: float = Field(gt=0.0, le=1.0, description="share of the data in each step's random "
+                                  "subset; below 1 the hypernetwork must map different batches to different weights")
 
 
 class GMMGrid(_Strict):

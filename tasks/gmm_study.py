@@ -1,0 +1,117 @@
+"""The Gaussian-mixture study (PLE paper Fig. 3) as a `tasks.loop.Study`, one per grid point.
+
+True data: a K-component diagonal mixture whose first component has weight `weight` (the grid's
+imbalance) and the others share 1 - weight. Methods: `mle` (EM), `hyper_mle` (hypernetwork,
+lambda = 0) and `ple` (hypernetwork with the penalty). Metrics per seed: KL(p_true || q_est) by
+Monte Carlo and its Monte Carlo standard error, the estimated weights, means and standard
+deviations (components ordered by their first mean coordinate), and for the hypernetwork methods
+the final fit and penalty terms and the sensitivity ||H(X1) - H(X2)|| / ||H(X1)|| on two
+disjoint halves X1, X2 of the data (near 0: the hypernetwork ignores its input).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from models.gmm import GMMGenerator, Mixture, em, kl_monte_carlo
+from models.hypernet import HyperConfig, HyperNetwork
+from models.ple import HyperEnsemble, PLEConfig, TrainingCurve
+from tasks.loop import Dataset
+from tasks.params import GMMParams
+
+
+@dataclass
+class FittedMixture:
+    mixture: Mixture
+    ensemble: HyperEnsemble | None = None
+    curve: TrainingCurve = field(default_factory=TrainingCurve)
+
+
+@dataclass(frozen=True)
+class GMMStudy:
+    params: GMMParams
+    weight: float
+    n: int
+    experiment: str = "gmm"
+    labels = {}
+
+    @property
+    def seeds(self) -> int:
+        return self.params.seeds
+
+    @property
+    def n_samples(self) -> int:
+        return self.n
+
+    @property
+    def point(self) -> dict[str, object]:
+        return {"weight": self.weight, "n_samples": self.n}
+
+    @property
+    def config(self) -> dict:
+        return {**self.params.model_dump(exclude={"methods", "grid"}), **self.point}
+
+    @property
+    def k(self) -> int:
+        return len(self.params.means)
+
+    def truth(self) -> Mixture:
+        """The true mixture, repeated over seeds: (S, K), (S, K, d), (S, K, d) in float64."""
+        rest = torch.tensor(self.params.weights, dtype=torch.float64)
+        weights = torch.cat([torch.tensor([self.weight], dtype=torch.float64), (1 - self.weight) * rest / rest.sum()])
+        means = torch.tensor(self.params.means, dtype=torch.float64)
+        stds = torch.tensor(self.params.stds, dtype=torch.float64)
+        s = self.seeds
+        return Mixture(weights.expand(s, -1), means.expand(s, -1, -1), stds.expand(s, -1, -1))
+
+    def draw_real(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return self.truth().sample(n, 1.0, generator)
+
+    def fit(self, data: Dataset, method: str, generator: torch.Generator) -> FittedMixture:
+        if method == "mle":
+            return FittedMixture(em(data.values, self.k))
+        lam = {"hyper_mle": 0.0, "ple": self.params.ple.lam}[method]
+        hyper = HyperConfig(**self.params.hyper.model_dump())
+        d = data.values.shape[-1]
+        with torch.random.fork_rng():  # hypernetwork initialisation from the study's own generator
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+            ensemble = HyperEnsemble(lambda: HyperNetwork(GMMGenerator(self.k, d), d, hyper), self.seeds)
+        settings = self.params.ple.model_dump(exclude={"lam"})
+        x = data.values.float()
+        curve = ensemble.train(x, PLEConfig(lam=lam, **settings), generator)
+        w = ensemble.weights(x)
+        mixture = Mixture(w["logits"].softmax(-1).double(), w["means"].double(), w["log_stds"].exp().double())
+        return FittedMixture(mixture.sorted(), ensemble, curve)
+
+    def sample(self, model: FittedMixture, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
+        return model.mixture.sample(n, sampling_bias, generator)
+
+    def evaluate(self, model: FittedMixture, data: Dataset) -> dict[str, torch.Tensor]:
+        kl, kl_se = kl_monte_carlo(self.truth(), model.mixture, self.params.kl_samples,
+                                   torch.Generator().manual_seed(0))
+        metrics = {"kl": kl, "kl_mc_se": kl_se}
+        mix = model.mixture
+        for c in range(self.k):
+            metrics[f"weight_{c + 1}"] = mix.weights[:, c]
+            for j in range(mix.means.shape[-1]):
+                suffix = f"{c + 1}" if mix.means.shape[-1] == 1 else f"{c + 1}_{j + 1}"
+                metrics[f"mean_{suffix}"] = mix.means[:, c, j]
+                metrics[f"std_{suffix}"] = mix.stds[:, c, j]
+        if model.ensemble is not None:
+            metrics["sensitivity"] = sensitivity(model.ensemble, data.values.float())
+            metrics["fit_loss"] = model.curve.final_fit
+            metrics["penalty"] = model.curve.final_penalty
+        return metrics
+
+
+def sensitivity(ensemble: HyperEnsemble, x: torch.Tensor) -> torch.Tensor:
+    """||H(X1) - H(X2)|| / ||H(X1)|| per seed for the two halves of x (S, n, d)."""
+    half = x.shape[1] // 2
+
+    def flat(part: torch.Tensor) -> torch.Tensor:
+        return torch.cat([w.reshape(w.shape[0], -1) for w in ensemble.weights(part).values()], dim=1)
+
+    first, second = flat(x[:, :half]), flat(x[:, half: 2 * half])
+    return (first - second).norm(dim=1) / first.norm(dim=1)

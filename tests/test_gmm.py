@@ -1,0 +1,70 @@
+"""The GMM study: EM against scikit-learn, Monte Carlo KL against closed forms, and the flow."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.mixture import GaussianMixture
+
+from flows.gmm import gmm_flow
+from models.gmm import Mixture, em, kl_monte_carlo
+
+from conftest import write_params
+
+
+def _mixture(weights, means, stds, seeds=1) -> Mixture:
+    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    return Mixture(t(weights).expand(seeds, -1), t(means).expand(seeds, -1, -1), t(stds).expand(seeds, -1, -1))
+
+
+def test_em_matches_scikit_learn():
+    true = _mixture([0.7, 0.3], [[-2.0, 0.0], [2.0, 1.0]], [[1.0, 0.5], [0.7, 1.5]], seeds=3)
+    x = true.sample(4000, 1.0, torch.Generator().manual_seed(0))
+    ours = em(x, 2, iterations=500)
+    for s in range(3):
+        ref = GaussianMixture(2, covariance_type="diag", tol=1e-10, max_iter=1000, random_state=0).fit(x[s].numpy())
+        order = np.argsort(ref.means_[:, 0])
+        np.testing.assert_allclose(ours.weights[s].numpy(), ref.weights_[order], atol=2e-3)
+        np.testing.assert_allclose(ours.means[s].numpy(), ref.means_[order], atol=5e-3)
+        np.testing.assert_allclose(ours.stds[s].numpy() ** 2, ref.covariances_[order], atol=5e-3, rtol=1e-3)
+        one = Mixture(ours.weights[s: s + 1], ours.means[s: s + 1], ours.stds[s: s + 1])
+        ours_ll = one.log_prob(x[s: s + 1]).mean().item()
+        assert ours_ll == pytest.approx(ref.score(x[s].numpy()), abs=1e-6)
+
+
+def test_kl_of_a_mixture_to_itself_is_zero():
+    p = _mixture([0.8, 0.2], [[0.0], [2.0]], [[1.0], [1.0]], seeds=2)
+    kl, se = kl_monte_carlo(p, p, 1000, torch.Generator().manual_seed(1))
+    assert torch.equal(kl, torch.zeros(2)) and torch.equal(se, torch.zeros(2))
+
+
+def test_kl_matches_the_gaussian_closed_form_within_its_standard_error():
+    """Two equal components are one Gaussian: KL(N(0,1) || N(1, 2^2)) = log 2 + 2/8 - 1/2."""
+    p = _mixture([0.5, 0.5], [[0.0], [0.0]], [[1.0], [1.0]])
+    q = _mixture([0.5, 0.5], [[1.0], [1.0]], [[2.0], [2.0]])
+    kl, se = kl_monte_carlo(p, q, 200_000, torch.Generator().manual_seed(2))
+    exact = math.log(2.0) + 2 / 8 - 0.5
+    assert abs(kl.item() - exact) < 4 * se.item()
+
+
+def test_gmm_flow_runs_the_grid_with_every_method(tmp_path, prefect_api):
+    params = write_params(tmp_path, gmm={"grid": {"weight": [0.9], "n_samples": [20, 40]}, "generations": 2,
+                                         "seeds": 3, "kl_samples": 500,
+                                         "ple": {"lam": 0.1, "steps": 20, "lr": 0.01, "batch_fraction": 0.5}})
+    tidy = gmm_flow(params_file=str(params), root=str(tmp_path))
+    assert set(tidy.method) == {"mle", "hyper_mle", "ple"}
+    assert set(zip(tidy.weight, tidy.n_samples)) == {(0.9, 20), (0.9, 40)}
+    by_method = tidy.groupby("method").metric.unique()
+    assert {"kl", "kl_mc_se", "weight_1", "mean_2", "std_1"} <= set(by_method["mle"])
+    assert "sensitivity" in by_method["ple"] and "sensitivity" not in by_method["mle"]
+    assert (tidy[tidy.metric == "kl"].value >= 0).all()
+    summary = json.loads((tmp_path / "metrics/gmm/summary.json").read_text())
+    assert set(summary["ple"]) == {"weight=0.9,n_samples=20", "weight=0.9,n_samples=40"}
+    for name in ("kl_difference.png", "kl_curves.png"):
+        assert (tmp_path / "figures/gmm" / name).stat().st_size > 10_000
+    folder = tmp_path / "data/generations/gmm/ple/weight=0.9,n_samples=20"
+    assert sorted(p.name for p in folder.glob("*.parquet")) == ["gen_000.parquet", "gen_001.parquet"]
