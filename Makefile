@@ -20,3 +20,4 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	python benchmarks/gaussian_vectorisation.py
+	python benchmarks/ple_engine.py

@@ -98,6 +98,9 @@ def method_loop(study: Study, params: Params, experiment: str, method: str, poin
 
     for g in range(start, generations):
         model = steps.fit_model(study, data, method, seed, g)
+        curve = getattr(model, "curve", None)  # models trained by gradient descent carry their curves
+        if curve is not None and curve.fit:
+            steps.log_training(tracker, run_id, {"fit": curve.fit, "penalty": curve.penalty}, method, g)
         metrics = steps.evaluate_model(study, model, data, method, g)
         if g + 1 < generations:
             synthetic = steps.sample_model(study, model, n_synth, settings.sampling_bias, method, seed, g + 1)

@@ -37,8 +37,9 @@ def kl_difference_heatmap(tidy: pd.DataFrame, path: Path, baseline: str = "mle",
         image = ax.imshow(grid, cmap="RdBu_r", vmin=-limit, vmax=limit, origin="lower", aspect="auto")
         for i, w in enumerate(weights):
             for j, n in enumerate(sizes):
-                ax.text(j, i, f"{cell.loc[(w, n), 'mean']:.3f}\n±{cell.loc[(w, n), 'se']:.3f}",
-                        ha="center", va="center", fontsize=6)
+                value = cell.loc[(w, n), "mean"]
+                ax.text(j, i, f"{value:.3f}\n±{cell.loc[(w, n), 'se']:.3f}", ha="center", va="center",
+                        fontsize=6, color="white" if abs(value) > 0.6 * limit else "black")
         ax.set_xticks(range(len(sizes)), [str(n) for n in sizes])
         ax.set_yticks(range(len(weights)), [str(w) for w in weights])
         ax.set_xlabel("n_samples")

@@ -75,3 +75,10 @@ def log_generation(tracker: StudyTracker, run_id: str, stats: dict[str, float], 
                    method: str, generation: int) -> None:
     """Send generation g's seed statistics and dataset input to MLflow."""
     tracker.log_generation(run_id, generation, stats, dataset, md5)
+
+
+@task(name="log-training", task_run_name="log training {method} gen {generation}", **IO)
+def log_training(tracker: StudyTracker, run_id: str, curves: dict[str, list[float]], method: str,
+                 generation: int) -> None:
+    """Send the training curves of generation g's fit (e.g. fit and penalty terms) to MLflow."""
+    tracker.log_training(run_id, generation, curves)

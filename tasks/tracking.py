@@ -78,6 +78,14 @@ class StudyTracker:
         context = InputTag(key="mlflow.data.context", value="training")
         self.client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[context])])
 
+    def log_training(self, run_id: str, generation: int, curves: dict[str, list[float]]) -> None:
+        """Training curves of one generation's fit as `train_<name>/gen_XXX` with step = optimiser step."""
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"train_{name}/gen_{generation:03d}", value, now, step)
+                   for name, values in curves.items() for step, value in enumerate(values)]
+        for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(run_id, metrics=metrics[start: start + 1000])
+
     def log_artifact(self, path: Path) -> None:
         self.client.log_artifact(self.parent_id, str(path))
 

@@ -10,6 +10,8 @@ import pytest
 import torch
 from sklearn.mixture import GaussianMixture
 
+from mlflow import MlflowClient
+
 from flows.gmm import gmm_flow
 from models.gmm import Mixture, em, kl_monte_carlo
 
@@ -66,5 +68,11 @@ def test_gmm_flow_runs_the_grid_with_every_method(tmp_path, prefect_api):
     assert set(summary["ple"]) == {"weight=0.9,n_samples=20", "weight=0.9,n_samples=40"}
     for name in ("kl_difference.png", "kl_curves.png"):
         assert (tmp_path / "figures/gmm" / name).stat().st_size > 10_000
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("gmm").experiment_id],
+                              filter_string="tags.method = 'ple' and tags.n_samples = '20'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    curve = client.get_metric_history(runs[0].info.run_id, "train_penalty/gen_001")
+    assert [m.step for m in curve] == list(range(20)) and all(m.value >= 0 for m in curve)
     folder = tmp_path / "data/generations/gmm/ple/weight=0.9,n_samples=20"
     assert sorted(p.name for p in folder.glob("*.parquet")) == ["gen_000.parquet", "gen_001.parquet"]

@@ -35,6 +35,17 @@ BAD = [
     ({"seed": -1}, "seed = -1"),
     ({"gaussian": {"n_sample": 10}}, "did you mean 'n_samples'"),
     ({"loop": {"mode": True}}, "loop.mode = True"),
+    ({"methods": ["mle", "hyper_mle"], "gaussian": {"methods": None}}, "analytic gaussian study has no hyper_mle"),
+    ({"gmm": {"grid": {"weight": [], "n_samples": [50]}}}, "gmm.grid.weight = []"),
+    ({"gmm": {"grid": {"weight": [0.8, 1.0], "n_samples": [50]}}}, "strictly between 0 and 1"),
+    ({"gmm": {"grid": {"weight": [0.8], "n_samples": [3]}}}, "at least 4"),
+    ({"gmm": {"stds": [[1.0], [0.0]]}}, "gmm: every standard deviation must be positive"),
+    ({"gmm": {"means": [[0.0], [2.0, 1.0]]}}, "must both be 2 x 1"),
+    ({"gmm": {"weights": [1.0, 2.0]}}, "needs 1 positive entries"),
+    ({"gmm": {"ple": {"lam": 0.0, "steps": 10, "lr": 0.01, "batch_fraction": 0.5}}}, "gmm.ple.lam = 0.0"),
+    ({"gmm": {"ple": {"lam": 0.1, "steps": 10, "lr": 0.01, "batch_fraction": 0.0}}}, "gmm.ple.batch_fraction"),
+    ({"gmm": {"hyper": {"hidden": 8, "encoder_depth": 1, "post_depth": 0, "head": "lowrank", "chunk": 4,
+                        "embed": 2}}}, "'chunked' or 'linear'"),
 ]
 
 
