@@ -25,14 +25,17 @@ from tasks.paths import StudyPaths
 def gmm_flow(params_file: str = "params.yaml", root: str = ".") -> pd.DataFrame:
     """Estimate a Gaussian mixture by EM, hyper-MLE and PLE at every grid point; return the tidy metrics."""
     params = load_params(params_file)
-    grid = params.gmm.grid
-    studies = [GMMStudy(params.gmm, w, n) for w, n in itertools.product(grid.weight, grid.n_samples)]
+    grid, lam = params.gmm.grid, params.gmm.ple.lam
+    studies = [GMMStudy(params.gmm, w, n, lam, {"weight": w, "n_samples": n})
+               for w, n in itertools.product(grid.weight, grid.n_samples)]
 
     def figures(tidy: pd.DataFrame, curve_table: pd.DataFrame, paths: StudyPaths) -> list[Path]:
         return [gmm_figures.kl_difference_heatmap(tidy, paths.figures / "kl_difference.png"),
                 gmm_figures.kl_curves(curve_table, paths.figures / "kl_curves.png")]
 
     return run_study(studies, params, Path(root), figures)
+
+
 
 
 if __name__ == "__main__":

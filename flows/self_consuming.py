@@ -73,7 +73,7 @@ def method_loop(study: Study, params: Params, experiment: str, method: str, poin
                 tracker: StudyTracker, run_id: str) -> list[dict]:
     """Run (or resume) generations 0..G-1 of one method at one grid point; return every record."""
     logger = get_run_logger()
-    settings, seed, generations = params.loop, params.seed, getattr(params, experiment).generations
+    settings, seed, generations = params.loop, params.seed, study.generations
     key = fingerprint(study, params, method)
     records = completed_records(folder, logger.info, key, generations)
     for record in records:
@@ -135,7 +135,8 @@ Figures = Callable[[pd.DataFrame, pd.DataFrame, StudyPaths], list[Path]]  # (tid
 def run_study(studies: list[Study], params: Params, root: Path, figures: Figures) -> pd.DataFrame:
     """Run every method at every grid point through the loop, then write the tables and figures.
 
-    `studies` holds one study per grid point (one in all for a study without a grid); `figures`
+    `studies` holds one study per grid point (one in all for a study without a grid), each with an
+    optional `methods` restricting what runs there; `figures`
     draws the experiment's figures from the tidy and curve tables. Returns the tidy table.
     """
     experiment = studies[0].experiment
@@ -147,7 +148,7 @@ def run_study(studies: list[Study], params: Params, root: Path, figures: Figures
         frames = []
         for study in studies:
             name = point_name(study.point)
-            for method in params.methods_of(experiment):
+            for method in getattr(study, "methods", None) or params.methods_of(experiment):
                 folder = paths.method_dir(method) / name if name else paths.method_dir(method)
                 run_id = tracker.start_method(method, study.point)
                 try:

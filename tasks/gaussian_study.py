@@ -26,6 +26,10 @@ class GaussianStudy:
         return self.params.seeds
 
     @property
+    def generations(self) -> int:
+        return self.params.generations
+
+    @property
     def n_samples(self) -> int:
         return self.params.n_samples
 

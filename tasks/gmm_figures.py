@@ -63,3 +63,22 @@ def kl_curves(curve_table: pd.DataFrame, path: Path) -> Path:
             axes[i][j].set_title(f"weight={w}, n_samples={n}", fontsize=9)
     fig.suptitle("KL(p_true || q_est) per generation: mean ± SE and median over seeds")
     return save(fig, path)
+
+
+def final_kl_against_lambda(curve_table: pd.DataFrame, path: Path, title: str) -> Path:
+    """Last-generation KL of ple against lambda (log axis), mle and hyper_mle as reference bands."""
+    last = curve_table[curve_table.generation == curve_table.generation.max()]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ple = last[last.method == "ple"].sort_values("lam")
+    ax.errorbar(ple.lam, ple.kl_mean, yerr=ple.kl_se.fillna(0.0), marker="o", capsize=3, label="ple mean ± SE")
+    for method, row in last[last.method != "ple"].set_index("method").iterrows():
+        (line,) = ax.plot(ple.lam, [row.kl_mean] * len(ple), linestyle="--", label=f"{method} mean ± SE")
+        ax.fill_between(ple.lam, row.kl_mean - row.kl_se, row.kl_mean + row.kl_se, color=line.get_color(),
+                        alpha=0.2, linewidth=0)
+    ax.set_xscale("log")
+    ax.set_xlabel("lambda")
+    ax.set_ylabel(f"KL(p_true || q_est), generation {int(last.generation.max())}")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save(fig, path)

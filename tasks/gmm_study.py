@@ -31,9 +31,17 @@ class FittedMixture:
 
 @dataclass(frozen=True)
 class GMMStudy:
+    """One grid point: majority weight, sample size and the penalty weight lam of method ple.
+
+    `point` names the point in outputs; `methods`, when set, restricts the methods run there.
+    """
+
     params: GMMParams
     weight: float
     n: int
+    lam: float
+    point: dict[str, object]
+    methods: tuple[str, ...] | None = None
     experiment: str = "gmm"
     labels = {}
 
@@ -42,16 +50,17 @@ class GMMStudy:
         return self.params.seeds
 
     @property
+    def generations(self) -> int:
+        return self.params.generations
+
+    @property
     def n_samples(self) -> int:
         return self.n
 
     @property
-    def point(self) -> dict[str, object]:
-        return {"weight": self.weight, "n_samples": self.n}
-
-    @property
     def config(self) -> dict:
-        return {**self.params.model_dump(exclude={"methods", "grid"}), **self.point}
+        settings = self.params.model_dump(exclude={"methods", "grid", "lambda_sweep"})
+        return {**settings, "weight": self.weight, "n_samples": self.n, "lam": self.lam}
 
     @property
     def k(self) -> int:
@@ -72,7 +81,7 @@ class GMMStudy:
     def fit(self, data: Dataset, method: str, generator: torch.Generator) -> FittedMixture:
         if method == "mle":
             return FittedMixture(em(data.values, self.k))
-        lam = {"hyper_mle": 0.0, "ple": self.params.ple.lam}[method]
+        lam = {"hyper_mle": 0.0, "ple": self.lam}[method]
         hyper = HyperConfig(**self.params.hyper.model_dump())
         d = data.values.shape[-1]
         with torch.random.fork_rng():  # hypernetwork initialisation from the study's own generator

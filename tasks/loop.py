@@ -40,6 +40,7 @@ class Study(Protocol):
     experiment: str
     seeds: int
     n_samples: int
+    generations: int
     point: dict[str, object]  # grid coordinates, e.g. {"weight": 0.95, "n_samples": 50}; {} without a grid
     labels: dict[str, object]  # further constant columns of the tidy table
     config: dict  # everything the stored generations depend on (part of their fingerprint)

@@ -94,6 +94,21 @@ class GMMGrid(_Strict):
         return values
 
 
+class LambdaSweep(_Strict):
+    """PLE at several penalty weights, at one point of the grid, beside MLE and hyper-MLE (lambda = 0)."""
+
+    lams: list[float] = Field(min_length=1, description="penalty weights, each > 0")
+    weight: float = Field(gt=0.0, lt=1.0)
+    n_samples: int = Field(ge=4)
+
+    @field_validator("lams")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        if not all(v > 0 for v in values):
+            raise ValueError("every lambda must be > 0 (lambda = 0 is hyper_mle, which the sweep runs anyway)")
+        return values
+
+
 class GMMParams(_Strict):
     """The Gaussian-mixture study (PLE paper Fig. 3): a grid of imbalance x sample size."""
 
@@ -108,6 +123,7 @@ class GMMParams(_Strict):
     kl_samples: int = Field(ge=100, description="Monte Carlo draws for KL(p_true || q)")
     hyper: HyperParams
     ple: PLEParams
+    lambda_sweep: LambdaSweep
 
     _unique = field_validator("methods")(_unique_methods)
 

@@ -13,6 +13,7 @@ from sklearn.mixture import GaussianMixture
 from mlflow import MlflowClient
 
 from flows.gmm import gmm_flow
+from flows.gmm_lambda import gmm_lambda_flow
 from models.gmm import Mixture, em, kl_monte_carlo
 
 from conftest import write_params
@@ -53,10 +54,12 @@ def test_kl_matches_the_gaussian_closed_form_within_its_standard_error():
     assert abs(kl.item() - exact) < 4 * se.item()
 
 
+TINY = {"generations": 2, "seeds": 3, "kl_samples": 500,
+        "ple": {"lam": 0.1, "steps": 20, "lr": 0.01, "batch_fraction": 0.5}}
+
+
 def test_gmm_flow_runs_the_grid_with_every_method(tmp_path, prefect_api):
-    params = write_params(tmp_path, gmm={"grid": {"weight": [0.9], "n_samples": [20, 40]}, "generations": 2,
-                                         "seeds": 3, "kl_samples": 500,
-                                         "ple": {"lam": 0.1, "steps": 20, "lr": 0.01, "batch_fraction": 0.5}})
+    params = write_params(tmp_path, gmm={"grid": {"weight": [0.9], "n_samples": [20, 40]}, **TINY})
     tidy = gmm_flow(params_file=str(params), root=str(tmp_path))
     assert set(tidy.method) == {"mle", "hyper_mle", "ple"}
     assert set(zip(tidy.weight, tidy.n_samples)) == {(0.9, 20), (0.9, 40)}
@@ -76,3 +79,14 @@ def test_gmm_flow_runs_the_grid_with_every_method(tmp_path, prefect_api):
     assert [m.step for m in curve] == list(range(20)) and all(m.value >= 0 for m in curve)
     folder = tmp_path / "data/generations/gmm/ple/weight=0.9,n_samples=20"
     assert sorted(p.name for p in folder.glob("*.parquet")) == ["gen_000.parquet", "gen_001.parquet"]
+
+
+def test_lambda_sweep_runs_ple_per_lambda_beside_the_baselines(tmp_path, prefect_api):
+    sweep = {"lams": [0.1, 10.0], "weight": 0.9, "n_samples": 20}
+    tidy = gmm_lambda_flow(params_file=str(write_params(tmp_path, gmm={"lambda_sweep": sweep, **TINY})),
+                           root=str(tmp_path))
+    kl = tidy[(tidy.metric == "kl") & (tidy.generation == 1)]
+    assert sorted(kl[kl.method == "ple"].lam.unique()) == [0.1, 10.0]
+    assert set(kl[kl.lam == 0.0].method) == {"mle", "hyper_mle"}
+    assert len(kl) == 4 * 3  # (mle, hyper_mle, ple x 2) x seeds
+    assert (tmp_path / "figures/gmm_lambda/kl_vs_lambda.png").stat().st_size > 10_000

@@ -44,6 +44,8 @@ BAD = [
     ({"gmm": {"weights": [1.0, 2.0]}}, "needs 1 positive entries"),
     ({"gmm": {"ple": {"lam": 0.0, "steps": 10, "lr": 0.01, "batch_fraction": 0.5}}}, "gmm.ple.lam = 0.0"),
     ({"gmm": {"ple": {"lam": 0.1, "steps": 10, "lr": 0.01, "batch_fraction": 0.0}}}, "gmm.ple.batch_fraction"),
+    ({"gmm": {"lambda_sweep": {"lams": [0.1, 0.0], "weight": 0.9, "n_samples": 20}}}, "every lambda must be > 0"),
+    ({"gmm": {"lambda_sweep": {"lams": [], "weight": 0.9, "n_samples": 20}}}, "gmm.lambda_sweep.lams = []"),
     ({"gmm": {"hyper": {"hidden": 8, "encoder_depth": 1, "post_depth": 0, "head": "lowrank", "chunk": 4,
                         "embed": 2}}}, "'chunked' or 'linear'"),
 ]
