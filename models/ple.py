@@ -20,12 +20,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from models.hypernet import HyperNetwork
+from models.hypernet import HyperConfig, HyperNetwork
 
 
 class Generative(nn.Module):
@@ -105,6 +106,19 @@ class HyperEnsemble:
         with torch.no_grad():
             return vmap(self._call)(self.params, self.buffers, x)
 
+    def sensitivity(self, x: torch.Tensor) -> torch.Tensor:
+        """||H(X1) - H(X2)|| / ||H(X1)|| per seed for the two halves X1, X2 of x (S, n, d).
+
+        Near 0, the hypernetwork ignores its input, and the PLE penalty is met trivially.
+        """
+        half = x.shape[1] // 2
+
+        def flat(part: torch.Tensor) -> torch.Tensor:
+            return torch.cat([w.reshape(w.shape[0], -1) for w in self.weights(part).values()], dim=1)
+
+        first, second = flat(x[:, :half]), flat(x[:, half: 2 * half])
+        return (first - second).norm(dim=1) / first.norm(dim=1)
+
     def train(self, x: torch.Tensor, config: PLEConfig, generator: torch.Generator) -> TrainingCurve:
         """Minimise fit + lambda * penalty for every seed's data x (S, n, d); return the curve."""
         terms = vmap(self._call, randomness="error")
@@ -128,3 +142,22 @@ class HyperEnsemble:
             curve.penalty.append(penalty.mean().item())
         curve.final_fit, curve.final_penalty = fit.detach(), penalty.detach()
         return curve
+
+
+@dataclass
+class Fitted:
+    """A fitted model: its estimate (parameters of any form), and how a hypernetwork got there."""
+
+    estimate: Any
+    ensemble: HyperEnsemble | None = None
+    curve: TrainingCurve = field(default_factory=TrainingCurve)
+
+
+def fit_ensemble(make_target: Callable[[], Generative], x: torch.Tensor, hyper: HyperConfig, config: PLEConfig,
+                 generator: torch.Generator) -> Fitted:
+    """Train one hypernetwork per seed on x (S, n, d); initialisation and batches from `generator`."""
+    with torch.random.fork_rng():
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        ensemble = HyperEnsemble(lambda: HyperNetwork(make_target(), x.shape[-1], hyper), x.shape[0])
+    curve = ensemble.train(x.float(), config, generator)
+    return Fitted(ensemble.weights(x.float()), ensemble, curve)

@@ -14,7 +14,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from tasks.storage import atomic_path  # noqa: E402
 
 
-def draw_metric(ax, curve_table: pd.DataFrame, metric: str, reference: pd.Series | None = None) -> None:
+def draw_metric(ax, curve_table: pd.DataFrame, metric: str, reference: pd.Series | None = None,
+                legend: bool = True) -> None:
     """Mean ± SE band and median (dashed) of `metric` per method on one axes."""
     for method, rows in curve_table.groupby("method", sort=True):
         g, mean, se = rows["generation"], rows[f"{metric}_mean"], rows[f"{metric}_se"].fillna(0.0)
@@ -27,7 +28,8 @@ def draw_metric(ax, curve_table: pd.DataFrame, metric: str, reference: pd.Series
     ax.set_xlabel("generation")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if legend:
+        ax.legend(fontsize=7)
 
 
 def save(fig, path: Path) -> Path:

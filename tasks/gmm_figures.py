@@ -59,7 +59,7 @@ def kl_curves(curve_table: pd.DataFrame, path: Path) -> Path:
     for i, w in enumerate(weights):
         for j, n in enumerate(sizes):
             rows = curve_table[(curve_table.weight == w) & (curve_table.n_samples == n)]
-            draw_metric(axes[i][j], rows, "kl")
+            draw_metric(axes[i][j], rows, "kl", legend=i == j == 0)
             axes[i][j].set_title(f"weight={w}, n_samples={n}", fontsize=9)
     fig.suptitle("KL(p_true || q_est) per generation: mean ± SE and median over seeds")
     return save(fig, path)

@@ -11,22 +11,15 @@ disjoint halves X1, X2 of the data (near 0: the hypernetwork ignores its input).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from models.gmm import GMMGenerator, Mixture, em, kl_monte_carlo
-from models.hypernet import HyperConfig, HyperNetwork
-from models.ple import HyperEnsemble, PLEConfig, TrainingCurve
+from models.hypernet import HyperConfig
+from models.ple import Fitted, PLEConfig, fit_ensemble
 from tasks.loop import Dataset
 from tasks.params import GMMParams
-
-
-@dataclass
-class FittedMixture:
-    mixture: Mixture
-    ensemble: HyperEnsemble | None = None
-    curve: TrainingCurve = field(default_factory=TrainingCurve)
 
 
 @dataclass(frozen=True)
@@ -78,30 +71,28 @@ class GMMStudy:
     def draw_real(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return self.truth().sample(n, 1.0, generator)
 
-    def fit(self, data: Dataset, method: str, generator: torch.Generator) -> FittedMixture:
+    def fit(self, data: Dataset, method: str, generator: torch.Generator) -> Fitted:
+        """EM for mle; else hypernetworks with lambda = 0 (hyper_mle) or self.lam (ple)."""
         if method == "mle":
-            return FittedMixture(em(data.values, self.k))
-        lam = {"hyper_mle": 0.0, "ple": self.lam}[method]
-        hyper = HyperConfig(**self.params.hyper.model_dump())
+            return Fitted(em(data.values, self.k))
+        config = PLEConfig(lam=0.0 if method == "hyper_mle" else self.lam,
+                           **self.params.ple.model_dump(exclude={"lam"}))
         d = data.values.shape[-1]
-        with torch.random.fork_rng():  # hypernetwork initialisation from the study's own generator
-            torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-            ensemble = HyperEnsemble(lambda: HyperNetwork(GMMGenerator(self.k, d), d, hyper), self.seeds)
-        settings = self.params.ple.model_dump(exclude={"lam"})
-        x = data.values.float()
-        curve = ensemble.train(x, PLEConfig(lam=lam, **settings), generator)
-        w = ensemble.weights(x)
-        mixture = Mixture(w["logits"].softmax(-1).double(), w["means"].double(), w["log_stds"].exp().double())
-        return FittedMixture(mixture.sorted(), ensemble, curve)
+        fitted = fit_ensemble(lambda: GMMGenerator(self.k, d), data.values,
+                              HyperConfig(**self.params.hyper.model_dump()), config, generator)
+        w = fitted.estimate
+        fitted.estimate = Mixture(w["logits"].softmax(-1).double(), w["means"].double(),
+                                  w["log_stds"].exp().double()).sorted()
+        return fitted
 
-    def sample(self, model: FittedMixture, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
-        return model.mixture.sample(n, sampling_bias, generator)
+    def sample(self, model: Fitted, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
+        return model.estimate.sample(n, sampling_bias, generator)
 
-    def evaluate(self, model: FittedMixture, data: Dataset) -> dict[str, torch.Tensor]:
-        kl, kl_se = kl_monte_carlo(self.truth(), model.mixture, self.params.kl_samples,
+    def evaluate(self, model: Fitted, data: Dataset) -> dict[str, torch.Tensor]:
+        kl, kl_se = kl_monte_carlo(self.truth(), model.estimate, self.params.kl_samples,
                                    torch.Generator().manual_seed(0))
         metrics = {"kl": kl, "kl_mc_se": kl_se}
-        mix = model.mixture
+        mix = model.estimate
         for c in range(self.k):
             metrics[f"weight_{c + 1}"] = mix.weights[:, c]
             for j in range(mix.means.shape[-1]):
@@ -109,18 +100,7 @@ class GMMStudy:
                 metrics[f"mean_{suffix}"] = mix.means[:, c, j]
                 metrics[f"std_{suffix}"] = mix.stds[:, c, j]
         if model.ensemble is not None:
-            metrics["sensitivity"] = sensitivity(model.ensemble, data.values.float())
+            metrics["sensitivity"] = model.ensemble.sensitivity(data.values.float())
             metrics["fit_loss"] = model.curve.final_fit
             metrics["penalty"] = model.curve.final_penalty
         return metrics
-
-
-def sensitivity(ensemble: HyperEnsemble, x: torch.Tensor) -> torch.Tensor:
-    """||H(X1) - H(X2)|| / ||H(X1)|| per seed for the two halves of x (S, n, d)."""
-    half = x.shape[1] // 2
-
-    def flat(part: torch.Tensor) -> torch.Tensor:
-        return torch.cat([w.reshape(w.shape[0], -1) for w in ensemble.weights(part).values()], dim=1)
-
-    first, second = flat(x[:, :half]), flat(x[:, half: 2 * half])
-    return (first - second).norm(dim=1) / first.norm(dim=1)

@@ -139,12 +139,34 @@ class GMMParams(_Strict):
         return self
 
 
+class GridParams(_Strict):
+    """The distribution grid (PLE paper Fig. 4): each family's parameters by MLE and hypernetwork PLE."""
+
+    methods: list[Method] | None = Field(default=None, min_length=1)
+    distributions: list[Literal["normal", "uniform", "exponential", "laplace", "mixture"]] = Field(min_length=1)
+    n_samples: int = Field(ge=4)
+    generations: int = Field(ge=1)
+    seeds: int = Field(ge=1)
+    hyper: HyperParams
+    ple: PLEParams
+
+    _unique = field_validator("methods")(_unique_methods)
+
+    @field_validator("distributions")
+    @classmethod
+    def _unique_distributions(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError("each distribution may appear only once")
+        return values
+
+
 class Params(_Strict):
     seed: int = Field(ge=0, description="global seed: same seed, same numbers")
     methods: list[Method] = Field(min_length=1, description="estimators compared in every study")
     loop: LoopParams
     gaussian: GaussianParams
     gmm: GMMParams
+    grid: GridParams
 
     _unique = field_validator("methods")(_unique_methods)
 
