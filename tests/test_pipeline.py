@@ -37,7 +37,7 @@ def test_dvc_repro_versions_every_generation_and_tracks_it(project_copy, prefect
 
     # A second repro with nothing changed does nothing.
     stamp = (repo / "metrics/gaussian/summary.json").stat().st_mtime_ns
-    again = _dvc(repo, env, "repro")
+    again = _dvc(repo, env, "repro", "gaussian")
     assert "didn't change" in again.stdout and "up to date" in again.stdout
     assert (repo / "metrics/gaussian/summary.json").stat().st_mtime_ns == stamp
 
