@@ -42,8 +42,10 @@ def fingerprint(study: Study, params: Params, method: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def completed_records(folder: Path, print_fn, fingerprint_: str, generations: int) -> list[dict]:
-    """Records of the completed generations 0..k-1, their datasets verified; stale folders cleared."""
+def completed_records(folder: Path, output: Path, print_fn, fingerprint_: str, generations: int) -> list[dict]:
+    """Records of the completed generations 0..k-1, their datasets verified; stale folders cleared.
+
+    `output` is the DVC output that holds `folder`, named in the fix of a corrupt-data error."""
     if folder.exists():
         storage.remove_partial_files(folder)
     first = storage.record_path(folder, 0)
@@ -56,14 +58,14 @@ def completed_records(folder: Path, print_fn, fingerprint_: str, generations: in
     records = []
     while len(records) < generations and storage.record_path(folder, len(records)).exists():
         record = storage.read_record(storage.record_path(folder, len(records)))
-        storage.verified_dataset(folder, record["generation"], record["dataset_md5"])
+        storage.verified_dataset(folder, record["generation"], record["dataset_md5"], output)
         records.append(record)
     for parent, child in zip(records, records[1:]):
         child_meta = storage.read_metadata(storage.dataset_path(folder, child["generation"]))
         if child_meta["parent_md5"] != parent["dataset_md5"]:
             raise storage.CorruptDataError(
                 f"{storage.dataset_path(folder, child['generation'])} does not descend from generation "
-                f"{parent['generation']}; restore the folder with `dvc checkout {folder.parent}` or delete {folder}")
+                f"{parent['generation']}; restore it with `dvc checkout {output}` or delete {folder} to start over")
     return records
 
 
@@ -75,7 +77,8 @@ def method_loop(study: Study, params: Params, experiment: str, method: str, poin
     logger = get_run_logger()
     settings, seed, generations = params.loop, params.seed, study.generations
     key = fingerprint(study, params, method)
-    records = completed_records(folder, logger.info, key, generations)
+    output = next(parent for parent in folder.parents if parent.name == experiment)  # the DVC output
+    records = completed_records(folder, output, logger.info, key, generations)
     for record in records:
         stats = _stats(record["metrics"])
         steps.log_generation(tracker, run_id, stats, storage.dataset_path(folder, record["generation"]),

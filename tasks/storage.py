@@ -124,13 +124,13 @@ def read_record(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def verified_dataset(folder: Path, generation: int, expected_md5: str | None) -> Path:
-    """The path of D_generation after checking its md5; CorruptDataError names the fix."""
+def verified_dataset(folder: Path, generation: int, expected_md5: str, output: Path) -> Path:
+    """The path of D_generation after checking its md5; CorruptDataError names the fix
+    (`dvc checkout` of `output`, the DVC output holding the folder)."""
     path = dataset_path(folder, generation)
+    fix = f"restore it with `dvc checkout {output}` or delete {folder} to start over"
     if not path.exists():
-        raise CorruptDataError(f"{path} is missing although later generations were recorded; "
-                               f"restore it with `dvc checkout {folder.parent}` or delete {folder} to start over")
-    if expected_md5 is not None and md5(path) != expected_md5:
-        raise CorruptDataError(f"{path} does not match its recorded md5 {expected_md5} (truncated or edited); "
-                               f"restore it with `dvc checkout {folder.parent}` or delete {folder} to start over")
+        raise CorruptDataError(f"{path} is missing although its generation was recorded; {fix}")
+    if md5(path) != expected_md5:
+        raise CorruptDataError(f"{path} does not match its recorded md5 {expected_md5} (truncated or edited); {fix}")
     return path

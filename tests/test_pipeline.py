@@ -131,7 +131,7 @@ def test_edited_generation_is_detected_with_the_fix(tmp_path, prefect_api, monke
     capsys.readouterr()
     assert main(gaussian_flow, [str(params)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "gen_002.parquet" in err and "dvc checkout" in err and "\n" not in err
+    assert "gen_002.parquet" in err and "`dvc checkout data/generations/gaussian`" in err and "\n" not in err
     assert (tmp_path / "metrics/gaussian/summary.json").read_bytes() == summary
 
 
