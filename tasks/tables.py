@@ -28,7 +28,7 @@ def tidy_rows(experiment: str, method: str, generation: int, metrics: dict[str, 
 
 
 def seed_stats(values: np.ndarray) -> dict[str, float]:
-    """Mean, standard error (sample std / sqrt(S), NaN for one seed) and median over seeds."""
+    """Mean, standard error (sample std / sqrt(S), NaN for one seed; left out of summary.json) and median."""
     values = np.asarray(values, dtype=float)
     se = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
     return {"mean": float(values.mean()), "se": float(se), "median": float(np.median(values))}
@@ -53,17 +53,14 @@ def summary(curve_table: pd.DataFrame, grid: list[str] = ()) -> dict:
     final = curve_table[curve_table["generation"] == last]
     out: dict = {"generation": last}
     for _, row in final.iterrows():
-        stats = {k: _json_number(v) for k, v in row.items() if k not in ("method", "generation", *grid)}
+        stats = {k: float(v) for k, v in row.items()
+                 if k not in ("method", "generation", *grid) and not pd.isna(v)}  # a metric this point lacks
         if grid:
             point = ",".join(f"{key}={row[key]}" for key in grid)
             out.setdefault(row["method"], {})[point] = stats
         else:
             out[row["method"]] = stats
     return out
-
-
-def _json_number(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else float(value)
 
 
 def summary_json(curve_table: pd.DataFrame, grid: list[str] = ()) -> str:

@@ -99,8 +99,9 @@ def test_missing_file(tmp_path):
         load_params(tmp_path / "nope.yaml")
 
 
-def test_shipped_params_are_valid_and_flatten():
-    params = load_params(ROOT / "params.yaml")
+@pytest.mark.parametrize("name", ["params.yaml", "params.paper.yaml"])
+def test_shipped_params_are_valid_and_flatten(name):
+    params = load_params(ROOT / name)
     flat = flatten(params)
     assert flat["loop.mode"] == params.loop.mode
     assert flat["gaussian.n_samples"] == params.gaussian.n_samples
