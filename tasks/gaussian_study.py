@@ -12,22 +12,14 @@ import pandas as pd
 import torch
 
 from models import gaussian
-from tasks.loop import Dataset
+from tasks.loop import Dataset, SeedsAndGenerations
 from tasks.params import GaussianParams, LoopParams
 
 
 @dataclass(frozen=True)
-class GaussianStudy:
+class GaussianStudy(SeedsAndGenerations):
     params: GaussianParams
     experiment: str = "gaussian"
-
-    @property
-    def seeds(self) -> int:
-        return self.params.seeds
-
-    @property
-    def generations(self) -> int:
-        return self.params.generations
 
     @property
     def n_samples(self) -> int:

@@ -18,12 +18,12 @@ import torch
 from models.gmm import GMMGenerator, Mixture, em, kl_monte_carlo
 from models.hypernet import HyperConfig
 from models.ple import Fitted, PLEConfig, fit_ensemble
-from tasks.loop import Dataset
+from tasks.loop import Dataset, SeedsAndGenerations
 from tasks.params import GMMParams
 
 
 @dataclass(frozen=True)
-class GMMStudy:
+class GMMStudy(SeedsAndGenerations):
     """One grid point: majority weight, sample size and the penalty weight lam of method ple.
 
     `point` names the point in outputs; `methods`, when set, restricts the methods run there.
@@ -37,14 +37,6 @@ class GMMStudy:
     methods: tuple[str, ...] | None = None
     experiment: str = "gmm"
     labels = {}
-
-    @property
-    def seeds(self) -> int:
-        return self.params.seeds
-
-    @property
-    def generations(self) -> int:
-        return self.params.generations
 
     @property
     def n_samples(self) -> int:

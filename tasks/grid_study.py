@@ -15,12 +15,12 @@ import torch
 from models.distributions import FAMILIES, draw_true
 from models.hypernet import HyperConfig
 from models.ple import Fitted, PLEConfig, fit_ensemble
-from tasks.loop import Dataset
+from tasks.loop import Dataset, SeedsAndGenerations
 from tasks.params import GridParams
 
 
 @dataclass(frozen=True)
-class FamilyStudy:
+class FamilyStudy(SeedsAndGenerations):
     params: GridParams
     distribution: str
     experiment: str = "grid"
@@ -31,16 +31,8 @@ class FamilyStudy:
         return FAMILIES[self.distribution]()
 
     @property
-    def seeds(self) -> int:
-        return self.params.seeds
-
-    @property
     def n_samples(self) -> int:
         return self.params.n_samples
-
-    @property
-    def generations(self) -> int:
-        return self.params.generations
 
     @property
     def point(self) -> dict[str, object]:

@@ -58,6 +58,18 @@ class Study(Protocol):
         """Metric name -> (seeds,) values of the fitted model."""
 
 
+class SeedsAndGenerations:
+    """`seeds` and `generations` of a study, read from its params section `self.params`."""
+
+    @property
+    def seeds(self) -> int:
+        return self.params.seeds
+
+    @property
+    def generations(self) -> int:
+        return self.params.generations
+
+
 def generator(seed: int, *keys: object) -> torch.Generator:
     """A torch generator seeded from the global seed and the keys (e.g. 'sample', method, g)."""
     digest = hashlib.sha256(repr((seed, *keys)).encode()).digest()

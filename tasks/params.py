@@ -75,6 +75,18 @@ class PLEParams(_Strict):
                                   "subset; below 1 the hypernetwork must map different batches to different weights")
 
 
+class _HyperStudy(_Strict):
+    """What every study with hypernetwork methods has: methods, generations, seeds, H and its training."""
+
+    methods: list[Method] | None = Field(default=None, min_length=1)
+    generations: int = Field(ge=1)
+    seeds: int = Field(ge=1)
+    hyper: HyperParams
+    ple: PLEParams
+
+    _unique = field_validator("methods")(_unique_methods)
+
+
 class GMMGrid(_Strict):
     weight: list[float] = Field(min_length=1, description="weight of the first (majority) component")
     n_samples: list[int] = Field(min_length=1, description="points per generation")
@@ -109,23 +121,16 @@ class LambdaSweep(_Strict):
         return values
 
 
-class GMMParams(_Strict):
+class GMMParams(_HyperStudy):
     """The Gaussian-mixture study (PLE paper Fig. 3): a grid of imbalance x sample size."""
 
-    methods: list[Method] | None = Field(default=None, min_length=1)
     means: list[list[float]] = Field(min_length=2, description="K component means, each of dimension d")
     stds: list[list[float]] = Field(min_length=2, description="K component standard deviations (K x d)")
     weights: list[float] = Field(min_length=1, description="relative weights of components 2..K "
                                  "(component 1 takes grid.weight, the rest share 1 - weight in these ratios)")
     grid: GMMGrid
-    generations: int = Field(ge=1)
-    seeds: int = Field(ge=1)
     kl_samples: int = Field(ge=100, description="Monte Carlo draws for KL(p_true || q)")
-    hyper: HyperParams
-    ple: PLEParams
     lambda_sweep: LambdaSweep
-
-    _unique = field_validator("methods")(_unique_methods)
 
     @model_validator(mode="after")
     def _consistent_shapes(self) -> GMMParams:
@@ -139,18 +144,11 @@ class GMMParams(_Strict):
         return self
 
 
-class GridParams(_Strict):
+class GridParams(_HyperStudy):
     """The distribution grid (PLE paper Fig. 4): each family's parameters by MLE and hypernetwork PLE."""
 
-    methods: list[Method] | None = Field(default=None, min_length=1)
     distributions: list[Literal["normal", "uniform", "exponential", "laplace", "mixture"]] = Field(min_length=1)
     n_samples: int = Field(ge=4)
-    generations: int = Field(ge=1)
-    seeds: int = Field(ge=1)
-    hyper: HyperParams
-    ple: PLEParams
-
-    _unique = field_validator("methods")(_unique_methods)
 
     @field_validator("distributions")
     @classmethod
