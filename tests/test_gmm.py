@@ -14,7 +14,9 @@ from mlflow import MlflowClient
 
 from flows.gmm import gmm_flow
 from flows.gmm_lambda import gmm_lambda_flow
-from models.gmm import Mixture, em, kl_monte_carlo
+from models.gmm import GMMGenerator, Mixture, em, kl_monte_carlo
+from models.hypernet import HyperConfig
+from models.ple import PLEConfig, fit_ensemble
 
 from conftest import write_params
 
@@ -90,3 +92,62 @@ def test_lambda_sweep_runs_ple_per_lambda_beside_the_baselines(tmp_path, prefect
     assert set(kl[kl.lam == 0.0].method) == {"mle", "hyper_mle"}
     assert len(kl) == 4 * 3  # (mle, hyper_mle, ple x 2) x seeds
     assert (tmp_path / "figures/gmm_lambda/kl_vs_lambda.png").stat().st_size > 10_000
+
+
+def test_a_large_penalty_lets_the_hypernetwork_ignore_its_input():
+    """The reviewers' trivial solution, measured: at lambda = 10 H(X) barely depends on X, at 0.01 it does.
+
+    Same data and initialisation for both; the paired difference in sensitivity over 16 seeds
+    exceeds 4 standard errors (measured: about 0.3 against about 0.01).
+    """
+    seeds = 16
+    truth = _mixture([0.95, 0.05], [[0.0], [2.0]], [[1.0], [1.0]], seeds=seeds)
+    x = truth.sample(50, 1.0, torch.Generator().manual_seed(0))
+    sensitivity = {}
+    for lam in (0.01, 10.0):
+        fitted = fit_ensemble(lambda: GMMGenerator(2, 1), x, HyperConfig(hidden=32, embed=8),
+                              PLEConfig(lam=lam, steps=300, batch_fraction=0.5), torch.Generator().manual_seed(1))
+        sensitivity[lam] = fitted.ensemble.sensitivity(x.float())
+    diff = sensitivity[0.01] - sensitivity[10.0]
+    assert diff.mean() > 4 * diff.std() / seeds**0.5
+    assert sensitivity[10.0].median() < 0.05 < sensitivity[0.01].median()
+
+
+def test_regime_of_the_imbalanced_low_data_corner(tmp_path, prefect_api):
+    """Weight 0.95, n = 50, replace loop, the default hypernetwork and training, 32 seeds.
+
+    Measured (and asserted only as far as the data go): both estimators collapse, KL growing
+    over generations by many standard errors; the paired difference KL_MLE - KL_PLE at the last
+    generation is within 4 standard errors of zero, i.e. at this scale PLE is not shown to beat
+    MLE here (64 seeds gave -0.003 +- 0.092). The paper reports PLE better in this corner.
+    """
+    params = write_params(tmp_path, gmm={"methods": ["mle", "ple"], "seeds": 32, "generations": 5,
+                                         "grid": {"weight": [0.95], "n_samples": [50]}})
+    tidy = gmm_flow(params_file=str(params), root=str(tmp_path))
+    kl = tidy[tidy.metric == "kl"].pivot_table(index=["seed", "generation"], columns="method", values="value")
+    for method in ("mle", "ple"):
+        growth = kl[method].xs(4, level="generation") - kl[method].xs(0, level="generation")
+        assert growth.mean() > 4 * growth.std() / len(growth) ** 0.5, method
+    last = kl.xs(4, level="generation")
+    diff = last["mle"] - last["ple"]
+    assert abs(diff.mean()) < 4 * diff.std() / len(diff) ** 0.5
+
+
+def test_three_components_in_two_dimensions(tmp_path):
+    """K and d come from params: a 3-component 2-D mixture runs through fit, evaluate and sample."""
+    from tasks import loop
+    from tasks.gmm_study import GMMStudy
+    from tasks.params import load_params
+
+    path = write_params(tmp_path, gmm={"means": [[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]], "stds": [[1.0, 1.0]] * 3,
+                                       "weights": [1.0, 1.0], **TINY})
+    params = load_params(path)
+    study = GMMStudy(params.gmm, 0.6, 80, 0.1, {"weight": 0.6, "n_samples": 80})
+    data = loop.real_dataset(study.draw_real(80, loop.generator(0, "real", 0)))
+    assert data.values.shape == (3, 80, 2)
+    torch.testing.assert_close(study.truth().weights[0], torch.tensor([0.6, 0.2, 0.2], dtype=torch.float64))
+    for method in ("mle", "ple"):
+        model = study.fit(data, method, loop.generator(0, "fit", method, 0))
+        metrics = study.evaluate(model, data)
+        assert {"kl", "weight_3", "mean_2_1", "mean_2_2", "std_3_2"} <= set(metrics)
+        assert study.sample(model, 10, 1.0, loop.generator(0, "sample")).shape == (3, 10, 2)
