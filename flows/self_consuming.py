@@ -112,10 +112,11 @@ def method_loop(study: Study, params: Params, experiment: str, method: str, poin
             next_md5 = steps.save_dataset(next_path, next_data, {**meta, "parent_md5": md5}, method, g + 1)
         record = {"experiment": experiment, "fingerprint": key, "dataset_md5": md5, "metrics": metrics}
         steps.save_record(storage.record_path(folder, g), record, method, g)
-        steps.log_generation(tracker, run_id, _stats(metrics), path, md5, method, g)
+        stats = _stats(metrics)
+        steps.log_generation(tracker, run_id, stats, path, md5, method, g)
         records.append({**record, "method": method, "generation": g})
         logger.info(f"{experiment}/{method} generation {g}: "
-                    + ", ".join(f"{k}={v:.4g}" for k, v in _stats(metrics).items() if k.endswith("_mean")))
+                    + ", ".join(f"{k}={v:.4g}" for k, v in stats.items() if k.endswith("_mean")))
         if g + 1 < generations:
             data, md5, path = next_data, next_md5, next_path
     return records

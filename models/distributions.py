@@ -17,6 +17,7 @@ carry the seed axis first; data are (S, n, 1).
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 
 import torch
 import torch.nn.functional as F
@@ -43,18 +44,21 @@ class Family(Generative):
     def rsample(self, noise: torch.Tensor, sampling_bias: float = 1.0) -> torch.Tensor:
         return self.theta[0] + math.sqrt(sampling_bias) * self.theta[1].exp() * noise
 
+    @abstractmethod
     def standard(self, u: torch.Tensor) -> torch.Tensor:
         """Standard variates from uniforms u by the inverse CDF."""
-        raise NotImplementedError
 
+    @abstractmethod
     def readout(self, w: dict[str, torch.Tensor]) -> Report:
-        raise NotImplementedError
+        """Reported parameters (S,) from the raw weights a hypernetwork emitted for S seeds."""
 
+    @abstractmethod
     def mle(self, x: torch.Tensor) -> Report:
-        raise NotImplementedError
+        """The closed-form MLE of every seed's data x (S, n, 1)."""
 
+    @abstractmethod
     def sample(self, report: Report, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
-        raise NotImplementedError
+        """(S, n, 1) draws from the reported parameters, spread scaled by sqrt(sampling_bias)."""
 
 
 def draw_true(family: Family | TwoGaussians, seeds: int, n: int, generator: torch.Generator) -> torch.Tensor:

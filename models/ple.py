@@ -18,6 +18,7 @@ since Adam acts elementwise, this is exactly S independent trainings.
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,20 +30,20 @@ from torch.func import functional_call, stack_module_state, vmap
 from models.hypernet import HyperConfig, HyperNetwork
 
 
-class Generative(nn.Module):
+class Generative(nn.Module, ABC):
     """A generator the PLE engine can train: fit loss, outside noise, reparameterised samples."""
 
+    @abstractmethod
     def nll(self, x: torch.Tensor) -> torch.Tensor:
         """Mean fit loss of the points x (n, d): a scalar."""
-        raise NotImplementedError
 
+    @abstractmethod
     def noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """The randomness behind n samples, e.g. Gumbel and Gaussian draws: (n, ...)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def rsample(self, noise: torch.Tensor, sampling_bias: float = 1.0) -> torch.Tensor:
         """Samples (n, d) as a differentiable function of the parameters and `noise`."""
-        raise NotImplementedError
 
     def forward(self, *args, op: str = "nll"):
         """Dispatch so that `functional_call(module, weights, args, {"op": ...})` reaches any method."""

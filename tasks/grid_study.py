@@ -9,6 +9,7 @@ and for the hypernetwork methods the sensitivity of `HyperEnsemble.sensitivity`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -26,8 +27,9 @@ class FamilyStudy(SeedsAndGenerations):
     experiment: str = "grid"
     labels = {}
 
-    @property
+    @cached_property
     def family(self):
+        """The family's module, built once (its closed forms do not depend on its weights)."""
         return FAMILIES[self.distribution]()
 
     @property
