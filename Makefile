@@ -12,8 +12,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
+# The default studies; mnist and cifar10 join when their files are under data/raw (README).
+STUDIES := gaussian gmm gmm_lambda grid digits $(if $(wildcard data/raw/mnist/*),mnist) \
+	$(if $(wildcard data/raw/cifar10/*),cifar10)
+
 run: $(VENV)/.installed
-	dvc repro
+	dvc repro $(STUDIES)
 
 test: $(VENV)/.installed
 	pytest

@@ -2,8 +2,8 @@
 
 1. Wall time of one PLE fit (hypernetwork, the gmm study's settings) against one EM fit on the
    same data: the paper's 1-D mixture (weights 0.8/0.2, means 0/2, unit variances), one seed.
-2. Parameter counts for the paper's MNIST VAE (MLP 784-1024-1024-1024-32 encoder and decoder,
-   batch norm): generator, hypernetwork with the chunked head, and a plain linear head per tensor
+2. Parameter counts for the paper's MNIST VAE (`models.vae` preset `paper`: MLP
+   784-1024-1024-1024-32 encoder and decoder, batch norm): generator, hypernetwork with the chunked head, and a plain linear head per tensor
    (counted, not built: it would not fit in memory), as ratios to the generator.
 
     python benchmarks/ple_engine.py [--n 200 --repeats 3]
@@ -17,25 +17,13 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.gmm import GMMGenerator, Mixture, em  # noqa: E402
 from models.hypernet import HyperConfig, HyperNetwork, parameter_count  # noqa: E402
 from models.ple import HyperEnsemble, PLEConfig  # noqa: E402
+from models.vae import PRESETS, VAE  # noqa: E402
 from tasks.params import load_params  # noqa: E402
-
-
-def mlp_vae(hidden: int = 1024, latent: int = 32, pixels: int = 784) -> nn.Module:
-    """The paper's MNIST VAE shape: three hidden layers each way, batch norm, LeakyReLU(0.2)."""
-    def stack(sizes: list[int]) -> nn.Sequential:
-        layers: list[nn.Module] = []
-        for a, b in zip(sizes[:-2], sizes[1:-1]):
-            layers += [nn.Linear(a, b), nn.BatchNorm1d(b), nn.LeakyReLU(0.2)]
-        return nn.Sequential(*layers, nn.Linear(sizes[-2], sizes[-1]))
-    return nn.ModuleDict({"encoder": stack([pixels, hidden, hidden, hidden, 2 * latent]),
-                          "decoder": stack([latent, hidden, hidden, hidden, pixels])})
 
 
 def best_of(repeats: int, fn) -> float:
@@ -68,7 +56,7 @@ def main() -> None:
     print(f"  EM  : {em_time * 1000:9.1f} ms")
     print(f"  PLE : {ple_time * 1000:9.1f} ms   ({ple_time / em_time:.0f} x EM)")
 
-    vae = mlp_vae()
+    vae = VAE((28, 28), PRESETS["paper"])
     generator = parameter_count(vae)
     hyper = HyperNetwork(vae, 784, HyperConfig(hidden=64, chunk=4096, embed=32))
     chunked = parameter_count(hyper)

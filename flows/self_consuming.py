@@ -22,6 +22,7 @@ import torch
 from prefect import flow, get_run_logger
 
 import models
+import models.ple
 from tasks import loop, steps, storage, tables
 from tasks.loop import Study
 from tasks.params import Params, flatten
@@ -146,7 +147,8 @@ def run_study(studies: list[Study], params: Params, root: Path, figures: Figures
     experiment = studies[0].experiment
     paths = StudyPaths(root, experiment)
     tracker = StudyTracker(experiment, paths.mlflow_dir, flatten(params),
-                           {"loop_mode": params.loop.mode, "torch": torch.__version__})
+                           {"loop_mode": params.loop.mode, "torch": torch.__version__,
+                            "device": str(models.ple.default_device())})
     ok = False
     try:
         frames = []

@@ -79,7 +79,7 @@ class Normal(Family):
     def standard(self, u):
         return math.sqrt(2) * torch.erfinv(2 * u - 1)
 
-    def nll(self, x):
+    def nll(self, x, noise=None):
         return (self.theta[1] + 0.5 * ((x - self.theta[0]) / self.theta[1].exp()).pow(2)).mean()
 
     def readout(self, w):
@@ -101,7 +101,7 @@ class Uniform(Family):
     def standard(self, u):
         return u
 
-    def nll(self, x):
+    def nll(self, x, noise=None):
         a, width = self.theta[0], self.theta[1].exp()
         outside = F.relu(a - x) + F.relu(x - a - width)
         return self.theta[1] + 50.0 * (outside / width).mean()
@@ -134,7 +134,7 @@ class Exponential(Family):
     def standard(self, u):
         return -torch.log1p(-u)
 
-    def nll(self, x):
+    def nll(self, x, noise=None):
         return (-self.theta[0] + self.theta[0].exp() * x).mean()
 
     def rsample(self, noise, sampling_bias=1.0):
@@ -156,7 +156,7 @@ class Laplace(Family):
     def standard(self, u):
         return -torch.sign(u - 0.5) * torch.log1p(-2 * (u - 0.5).abs())
 
-    def nll(self, x):
+    def nll(self, x, noise=None):
         return (self.theta[1] + (x - self.theta[0]).abs() / self.theta[1].exp()).mean()
 
     def readout(self, w):

@@ -104,7 +104,7 @@ class GMMGenerator(Generative):
         return Mixture(F.softmax(self.logits, -1)[None], self.means[None],
                        self.log_stds.exp().clamp_min(MIN_STD)[None])
 
-    def nll(self, x: torch.Tensor) -> torch.Tensor:
+    def nll(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         return -self.mixture().log_prob(x[None]).mean()
 
     def noise(self, n: int, generator: torch.Generator) -> torch.Tensor:

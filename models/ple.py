@@ -8,9 +8,10 @@ Reference: Mayer et al., arXiv 2405.13977. For data X and a hypernetwork H_phi,
 lambda = 0 is "hyper-MLE": the same hypernetwork without the penalty, which separates the effect
 of the penalty from that of the hypernetwork.
 
-A generator used here subclasses `Generative`: `nll(x)` is its fit loss, `rsample(noise)` turns
-noise drawn outside (by `noise(n, generator)`) into samples differentiably, so the same code runs
-under `torch.func.vmap` over seeds with explicit, reproducible randomness. The hypernetworks of
+A generator used here subclasses `Generative`: `nll(x, noise)` is its fit loss, `rsample(noise)`
+turns noise drawn outside (by `noise(n, generator)`) into samples differentiably, so the same code
+runs under `torch.func.vmap` over seeds with explicit, reproducible randomness. The same noise
+reaches the fit loss, for losses that sample (a VAE's ELBO); others ignore it. The hypernetworks of
 all seeds are stacked with `torch.func.stack_module_state` and trained in one vectorised loop;
 since Adam acts elementwise, this is exactly S independent trainings.
 """
@@ -18,9 +19,10 @@ since Adam acts elementwise, this is exactly S independent trainings.
 from __future__ import annotations
 
 import copy
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -34,8 +36,8 @@ class Generative(nn.Module, ABC):
     """A generator the PLE engine can train: fit loss, outside noise, reparameterised samples."""
 
     @abstractmethod
-    def nll(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean fit loss of the points x (n, d): a scalar."""
+    def nll(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean fit loss of the points x (n, *event): a scalar; `noise` (n, ...) as from `noise(n)`."""
 
     @abstractmethod
     def noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -43,11 +45,16 @@ class Generative(nn.Module, ABC):
 
     @abstractmethod
     def rsample(self, noise: torch.Tensor, sampling_bias: float = 1.0) -> torch.Tensor:
-        """Samples (n, d) as a differentiable function of the parameters and `noise`."""
+        """Samples (n, *event) as a differentiable function of the parameters and `noise`."""
 
     def forward(self, *args, op: str = "nll"):
         """Dispatch so that `functional_call(module, weights, args, {"op": ...})` reaches any method."""
         return getattr(self, op)(*args)
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ def ple_terms(hyper: HyperNetwork, x: torch.Tensor, noise: torch.Tensor) -> tupl
     """(fit_loss(X; H(X)), ||H(Y) - H(X)||^2 / dim(theta)) with Y = rsample(H(X), noise)."""
     theta = hyper.flat_weights(x)
     weights = hyper.unflatten(theta)
-    fit = hyper.run_target(weights, x, op="nll")
+    fit = hyper.run_target(weights, x, noise, op="nll")
     y = hyper.run_target(weights, noise, op="rsample")
     penalty = (hyper.flat_weights(y) - theta).pow(2).mean()
     return fit, penalty
@@ -90,25 +97,88 @@ class PLEObjective(nn.Module):
         return self.hyper(x) if noise is None else ple_terms(self.hyper, x, noise)
 
 
-class HyperEnsemble:
-    """S independent hypernetworks (one per seed), stacked for vectorised training and use."""
+class Stacked(ABC):
+    """S independent copies of a module (one per seed), stacked for vectorised training and use.
 
-    def __init__(self, make: Callable[[], HyperNetwork], seeds: int):
-        members = [PLEObjective(make()) for _ in range(seeds)]
-        self.target: Generative = members[0].hyper.target
+    Subclasses say what one member's loss is: `terms(batch, noise)` -> (fit, penalty) per seed.
+    """
+
+    def __init__(self, members: list[nn.Module], device: torch.device):
         self.base = copy.deepcopy(members[0]).to("meta")  # structure only; weights live in self.params
-        self.params, self.buffers = stack_module_state(members)
+        self.params, self.buffers = stack_module_state([m.to(device) for m in members])
+        self.device = device
 
-    def _call(self, params, buffers, *args):
-        return functional_call(self.base, (params, buffers), args)
+    def _call(self, params, buffers, *args, **kwargs):
+        return functional_call(self.base, (params, buffers), args, kwargs)
+
+    @abstractmethod
+    def terms(self, batch: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fit, penalty), each (S,), for the batch (S, m, *event) and noise (S, m, ...)."""
+
+    def train(self, x: torch.Tensor, config: PLEConfig, generator: torch.Generator) -> TrainingCurve:
+        """Minimise fit + lambda * penalty for every seed's data x (S, n, *event); return the curve.
+
+        Each step uses a random subset of batch_fraction * n points per seed; on CUDA the terms
+        run under bfloat16 autocast. Batches and noise come from `generator` (on the CPU)."""
+        optimizer = torch.optim.Adam(self.params.values(), lr=config.lr)
+        curve = TrainingCurve()
+        seeds, n = x.shape[:2]
+        size = max(2, round(config.batch_fraction * n))
+        x = x.to(self.device)
+        for _ in range(config.steps):
+            batch = x
+            if size < n:
+                index = torch.stack([torch.randperm(n, generator=generator)[:size] for _ in range(seeds)])
+                batch = x[torch.arange(seeds)[:, None], index.to(self.device)]
+            noise = torch.stack([self.target.noise(size if size < n else n, generator) for _ in range(seeds)])
+            with torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"):
+                fit, penalty = self.terms(batch, noise.to(self.device))
+            loss = (fit + config.lam * penalty).sum()  # a sum of independent per-seed losses
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            curve.fit.append(fit.mean().item())
+            curve.penalty.append(penalty.mean().item())
+        curve.final_fit, curve.final_penalty = fit.detach().float().cpu(), penalty.detach().float().cpu()
+        return curve
+
+
+class TargetEnsemble(Stacked):
+    """S generators trained directly on their fit loss (method `mle` of neural generators)."""
+
+    def __init__(self, make: Callable[[], Generative], seeds: int, device: torch.device = torch.device("cpu")):
+        members = [make() for _ in range(seeds)]
+        self.target: Generative = members[0]
+        super().__init__(members, device)
+
+    def terms(self, batch, noise):
+        fit = vmap(lambda p, b, x, e: self._call(p, b, x, e, op="nll"), randomness="error")(
+            self.params, self.buffers, batch, noise)
+        return fit, torch.zeros_like(fit)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The fitted parameters: {name: (S, *shape)}."""
+        return {name: p.detach() for name, p in self.params.items()}
+
+
+class HyperEnsemble(Stacked):
+    """S independent hypernetworks (one per seed) trained on the PLE objective."""
+
+    def __init__(self, make: Callable[[], HyperNetwork], seeds: int, device: torch.device = torch.device("cpu")):
+        members = [PLEObjective(make()) for _ in range(seeds)]
+        self.target: Generative = members[0].hyper.target.to(device)
+        super().__init__(members, device)
+
+    def terms(self, batch, noise):
+        return vmap(self._call, randomness="error")(self.params, self.buffers, batch, noise)
 
     def weights(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """H(X) for every seed: x (S, n, d) -> {name: (S, *shape)}."""
+        """H(X) for every seed: x (S, n, *event) -> {name: (S, *shape)}."""
         with torch.no_grad():
-            return vmap(self._call)(self.params, self.buffers, x)
+            return vmap(self._call)(self.params, self.buffers, x.to(self.device))
 
     def sensitivity(self, x: torch.Tensor) -> torch.Tensor:
-        """||H(X1) - H(X2)|| / ||H(X1)|| per seed for the two halves X1, X2 of x (S, n, d).
+        """||H(X1) - H(X2)|| / ||H(X1)|| per seed for the two halves X1, X2 of x (S, n, *event).
 
         Near 0, the hypernetwork ignores its input, and the PLE penalty is met trivially.
         """
@@ -118,31 +188,7 @@ class HyperEnsemble:
             return torch.cat([w.reshape(w.shape[0], -1) for w in self.weights(part).values()], dim=1)
 
         first, second = flat(x[:, :half]), flat(x[:, half: 2 * half])
-        return (first - second).norm(dim=1) / first.norm(dim=1)
-
-    def train(self, x: torch.Tensor, config: PLEConfig, generator: torch.Generator) -> TrainingCurve:
-        """Minimise fit + lambda * penalty for every seed's data x (S, n, d); return the curve."""
-        terms = vmap(self._call, randomness="error")
-        optimizer = torch.optim.Adam(self.params.values(), lr=config.lr)
-        curve = TrainingCurve()
-        seeds, n = x.shape[:2]
-        size = max(2, round(config.batch_fraction * n))
-        for _ in range(config.steps):
-            batch = x
-            if size < n:
-                index = torch.stack([torch.randperm(n, generator=generator)[:size] for _ in range(seeds)])
-                index = index.reshape(seeds, size, *[1] * (x.dim() - 2)).expand(-1, -1, *x.shape[2:])
-                batch = torch.gather(x, 1, index)
-            noise = torch.stack([self.target.noise(batch.shape[1], generator) for _ in range(seeds)])
-            fit, penalty = terms(self.params, self.buffers, batch, noise)
-            loss = (fit + config.lam * penalty).sum()  # a sum of independent per-seed losses
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            curve.fit.append(fit.mean().item())
-            curve.penalty.append(penalty.mean().item())
-        curve.final_fit, curve.final_penalty = fit.detach(), penalty.detach()
-        return curve
+        return ((first - second).norm(dim=1) / first.norm(dim=1)).cpu()
 
 
 @dataclass
@@ -150,15 +196,47 @@ class Fitted:
     """A fitted model: its estimate (parameters of any form), and how a hypernetwork got there."""
 
     estimate: Any
-    ensemble: HyperEnsemble | None = None
+    ensemble: HyperEnsemble | None = None  # set for the hypernetwork methods
     curve: TrainingCurve = field(default_factory=TrainingCurve)
 
 
-def fit_ensemble(make_target: Callable[[], Generative], x: torch.Tensor, hyper: HyperConfig, config: PLEConfig,
-                 generator: torch.Generator) -> Fitted:
-    """Train one hypernetwork per seed on x (S, n, d); initialisation and batches from `generator`."""
+def _seeded(generator: torch.Generator, build: Callable[[], Stacked]) -> Stacked:
+    """Build an ensemble with its initial weights drawn from a seed taken from `generator`."""
     with torch.random.fork_rng():
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-        ensemble = HyperEnsemble(lambda: HyperNetwork(make_target(), x.shape[-1], hyper), x.shape[0])
+        return build()
+
+
+def fit_ensemble(make_target: Callable[[], Generative], x: torch.Tensor, hyper: HyperConfig, config: PLEConfig,
+                 generator: torch.Generator, device: torch.device = torch.device("cpu")) -> Fitted:
+    """Train one hypernetwork per seed on x (S, n, *event); initialisation and batches from `generator`.
+
+    The estimate is H(X) on all of X: {name: (S, *shape)}."""
+    features = math.prod(x.shape[2:])
+    ensemble = _seeded(generator, lambda: HyperEnsemble(
+        lambda: HyperNetwork(make_target(), features, hyper), x.shape[0], device))
     curve = ensemble.train(x.float(), config, generator)
     return Fitted(ensemble.weights(x.float()), ensemble, curve)
+
+
+def fit_direct(make_target: Callable[[], Generative], x: torch.Tensor, config: PLEConfig,
+               generator: torch.Generator, device: torch.device = torch.device("cpu")) -> Fitted:
+    """Train one generator per seed on its fit loss alone (config.lam is ignored); estimate {name: (S, *shape)}."""
+    ensemble = _seeded(generator, lambda: TargetEnsemble(make_target, x.shape[0], device))
+    curve = ensemble.train(x.float(), replace(config, lam=0.0), generator)
+    return Fitted(ensemble.weights(), None, curve)
+
+
+def sample_weights(target: Generative, weights: dict[str, torch.Tensor], n: int, sampling_bias: float,
+                   generator: torch.Generator, batch_size: int = 1024) -> torch.Tensor:
+    """(S, n, *event) samples of the S generators with the stacked `weights`, drawn in batches."""
+    device = next(iter(weights.values())).device
+    seeds = next(iter(weights.values())).shape[0]
+    draw = vmap(lambda w, e: functional_call(target, w, (e, sampling_bias), {"op": "rsample"}), randomness="error")
+    parts = []
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            m = min(batch_size, n - start)
+            noise = torch.stack([target.noise(m, generator) for _ in range(seeds)]).to(device)
+            parts.append(draw(weights, noise).cpu())
+    return torch.cat(parts, dim=1)

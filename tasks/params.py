@@ -158,6 +158,48 @@ class GridParams(_HyperStudy):
         return values
 
 
+class ClassifierParams(_Strict):
+    """The reference classifier (`models.classifier`): labels samples and gives the fid_classifier features."""
+
+    features: int = Field(ge=2, description="width of the penultimate layer: the FID feature dimension")
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0.0)
+
+
+class ImageParams(_HyperStudy):
+    """An image study (PLE paper's MNIST VAE): a generator on an imbalanced subset of classes."""
+
+    dataset: Literal["digits", "mnist", "cifar10"] = Field(
+        description="digits ships with scikit-learn; mnist and cifar10 are read from data/raw/<dataset>")
+    classes: list[int] = Field(min_length=1, description="the classes kept, e.g. [3, 6]")
+    proportions: list[float] = Field(min_length=1, description="their shares in every real draw; sum 1")
+    n_samples: int = Field(ge=4, description="images per real draw D_0 and per generation")
+    test_fraction: float = Field(gt=0.0, lt=1.0, description="held-out share of every class (digits has "
+                                 "no official test split; mnist and cifar10 use theirs)")
+    generator: Literal["vae"] = Field(description="the generative model")
+    preset: Literal["small", "paper"] = Field(description="the generator's size: models/vae.py PRESETS")
+    eval_samples: int = Field(ge=10, description="generated images per seed for the metrics, the same "
+                              "count every generation")
+    fid_inception: bool = Field(description="also compute fid_inception (needs pytorch-fid's weights file)")
+    classifier: ClassifierParams
+
+    @model_validator(mode="after")
+    def _classes_and_proportions(self) -> ImageParams:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("each class may appear only once in classes")
+        if len(self.proportions) != len(self.classes):
+            raise ValueError(f"proportions needs {len(self.classes)} entries, one per class in classes")
+        if any(p <= 0 for p in self.proportions) or abs(sum(self.proportions) - 1) > 1e-6:
+            raise ValueError("proportions must be positive and sum to 1")
+        return self
+
+    @property
+    def minority(self) -> int:
+        """The class with the smallest proportion: the one whose share `minority_ratio` follows."""
+        return self.classes[self.proportions.index(min(self.proportions))]
+
+
 class Params(_Strict):
     seed: int = Field(ge=0, description="global seed: same seed, same numbers")
     methods: list[Method] = Field(min_length=1, description="estimators compared in every study")
@@ -165,6 +207,9 @@ class Params(_Strict):
     gaussian: GaussianParams
     gmm: GMMParams
     grid: GridParams
+    digits: ImageParams
+    mnist: ImageParams | None = None
+    cifar10: ImageParams | None = None
 
     _unique = field_validator("methods")(_unique_methods)
 

@@ -40,6 +40,20 @@ class StudyPaths:
         return self.root / "figures" / self.experiment
 
     @property
+    def raw(self) -> Path:
+        """data/raw: real datasets a user puts in place (data/raw/mnist, data/raw/cifar10)."""
+        return self.root / "data" / "raw"
+
+    @property
+    def classifier(self) -> Path:
+        """data/reference/<experiment>/classifier.pt: the reference classifier (a DVC output)."""
+        return self.root / "data" / "reference" / self.experiment / "classifier.pt"
+
+    @property
+    def classifier_metrics(self) -> Path:
+        return self.root / "metrics" / "reference" / f"{self.experiment}.json"
+
+    @property
     def mlflow_dir(self) -> Path:
         """The default local MLflow store (SQLite database and artifacts), ignored by git."""
         return self.root / ".mlflow"

@@ -34,6 +34,10 @@ class CorruptDataError(RuntimeError):
     """A stored generation does not match its recorded hash."""
 
 
+class InputUnavailableError(RuntimeError):
+    """An input the study needs (a dataset, a weights file, an upstream stage's output) is missing."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success move it into place in one rename."""

@@ -1,0 +1,98 @@
+"""VAE training throughput (images per second) of the digits study against a plain PyTorch loop.
+
+Same model (the `small` VAE preset), same data (digits 3 and 6 at 9:1, n from params.yaml), same
+batch size, Adam steps and learning rate; throughput = seeds x steps x batch size / wall time.
+
+1. plain: one `nn.Module` per seed trained in a Python loop: no Prefect, MLflow or DVC;
+2. engine: `models.ple.fit_direct`, every seed in one vectorised (vmap) training, as method mle;
+3. flow: the same fit as the Prefect task `fit` inside a flow (a temporary Prefect server);
+4. hyper_mle and ple: the hypernetwork methods through the engine, for scale.
+
+    python benchmarks/vae_training.py [--steps 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from prefect import flow  # noqa: E402
+
+from models.hypernet import HyperConfig  # noqa: E402
+from models.ple import PLEConfig, fit_direct, fit_ensemble  # noqa: E402
+from models.vae import PRESETS, VAE  # noqa: E402
+from tasks import steps  # noqa: E402
+from tasks.image_data import to_float  # noqa: E402
+from tasks.image_study import ImageStudy, real_splits  # noqa: E402
+from tasks.loop import generator, real_dataset  # noqa: E402
+from tasks.params import load_params  # noqa: E402
+
+
+def plain_loop(x: torch.Tensor, config: PLEConfig, batch: int) -> None:
+    """The textbook loop: for each seed, a VAE, Adam and random minibatches."""
+    for seed, data in enumerate(x):
+        torch.manual_seed(seed)
+        vae = VAE(tuple(x.shape[2:]), PRESETS["small"])
+        optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
+        for _ in range(config.steps):
+            index = torch.randperm(len(data))[:batch]
+            loss = vae.nll(data[index], vae.noise(batch, torch.Generator().manual_seed(seed)))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    params = load_params(ROOT / "params.yaml")
+    section = params.digits
+    config = PLEConfig(**{**section.ple.model_dump(), "steps": args.steps})
+    train, test = real_splits(section, params.seed, ROOT / "data" / "raw", "digits")
+    study = ImageStudy(section, "digits", train, test, None, "", None, torch.device("cpu"))
+    real = study.draw_real(section.n_samples, generator(params.seed, "real", 0))
+    x = to_float(real)
+    batch = max(2, round(config.batch_fraction * section.n_samples))
+    images = section.seeds * config.steps * batch
+    make = study.make_generator
+    hyper = HyperConfig(**section.hyper.model_dump())
+
+    @flow(name="benchmark-fit")
+    def in_flow() -> float:
+        return timed(lambda: steps.fit_model(study, real_dataset(real), "mle", params.seed, 0))
+
+    rows = {
+        "plain PyTorch loop": timed(lambda: plain_loop(x, config, batch)),
+        "engine, mle (vmap over seeds)": timed(lambda: fit_direct(make, x, config, torch.Generator())),
+        "Prefect task fit, mle": in_flow(),
+        "engine, hyper_mle": timed(lambda: fit_ensemble(make, x, hyper, PLEConfig(**{
+            **config.__dict__, "lam": 0.0}), torch.Generator())),
+        "engine, ple": timed(lambda: fit_ensemble(make, x, hyper, config, torch.Generator())),
+    }
+    base = rows["plain PyTorch loop"]
+    print(f"VAE '{section.preset}' on digits {section.classes} at {section.proportions}: "
+          f"{section.seeds} seeds x {config.steps} steps x batch {batch} = {images:,} images")
+    for name, seconds in rows.items():
+        print(f"  {name:32s} {seconds:7.2f} s  {images / seconds:9,.0f} images/s  "
+              f"{base / seconds:5.2f} x plain")
+
+
+if __name__ == "__main__":
+    main()

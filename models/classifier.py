@@ -1,0 +1,107 @@
+"""The reference classifier: a small LeNet-style CNN trained on the real data.
+
+Its penultimate activations are the feature space of `fid_classifier` (the "LeNet-FID" of the MAD
+paper, Alemohammad et al. 2023, which replaces Inception features for MNIST) and its predictions
+label generated samples for `minority_ratio` (GUIDE section 3).
+
+    x (N, C, H, W) in [0, 1] -> conv3x3(16) ReLU -> conv3x3(32) ReLU -> maxpool 2
+      -> adaptive avg pool 4x4 -> Linear(512, features) BatchNorm ReLU = features(x)
+      -> Linear(classes) = logits
+
+The adaptive pooling lets one architecture read 8x8 digits, 28x28 MNIST and 32x32 CIFAR-10. The
+batch norm keeps every feature alive: without it about half of the 32 ReLU units never fire after
+training on digits, which halves the feature space and makes its covariance singular.
+A checkpoint stores the constructor arguments beside the weights, so it rebuilds itself.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tasks.storage import atomic_path
+
+REBUILD = "rebuild it with `dvc repro`"
+
+
+class Classifier(nn.Module):
+    """LeNet-style CNN for images (N, C, H, W) with H, W >= 2 in [0, 1]."""
+
+    def __init__(self, channels: int, classes: int, features: int = 32):
+        super().__init__()
+        self.config = {"channels": channels, "classes": classes, "features": features}
+        self.trunk = nn.Sequential(
+            nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+            nn.Linear(32 * 4 * 4, features), nn.BatchNorm1d(features), nn.ReLU(),
+        )
+        self.head = nn.Linear(features, classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate activations (N, features)."""
+        return self.trunk(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, classes)."""
+        return self.head(self.trunk(x))
+
+
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, classes: int, *, epochs: int, batch_size: int,
+                     lr: float, generator: torch.Generator, device: torch.device, features: int = 32) -> Classifier:
+    """Adam on the cross entropy over shuffled minibatches; images (N, C, H, W) float in [0, 1].
+
+    Initialisation and shuffling both come from `generator`: the same generator gives the same
+    model on CPU. Returns the model in eval mode on the CPU.
+    """
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Classifier(images.shape[1], classes, features).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    x, y = images.to(device), labels.to(device)
+    model.train()
+    for _ in range(epochs):
+        for batch in torch.randperm(len(x), generator=generator).to(device).split(batch_size):
+            if len(batch) < 2:  # batch norm needs two samples: a leftover single one sits this epoch out
+                continue
+            loss = F.cross_entropy(model(x[batch]), y[batch])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    return model.eval().cpu()
+
+
+@torch.no_grad()
+def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
+    """Share of images whose arg-max logit is their label."""
+    device = next(model.parameters()).device
+    correct = sum(int((model(x.to(device)).argmax(1) == y.to(device)).sum())
+                  for x, y in zip(images.split(batch_size), labels.split(batch_size)))
+    return correct / len(labels)
+
+
+def save_classifier(model: Classifier, path: Path) -> None:
+    """Constructor arguments and weights in one file, written to a temporary file and renamed."""
+    state = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
+    with atomic_path(Path(path)) as tmp:
+        torch.save({"config": model.config, "state_dict": state}, tmp)
+
+
+def load_classifier(path: Path) -> Classifier:
+    """The classifier saved at `path`, in eval mode on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference classifier {path} not found; {REBUILD}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        model = Classifier(**checkpoint["config"])
+        model.load_state_dict(checkpoint["state_dict"])
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"reference classifier {path} is unreadable ({reason}); {REBUILD}") from None
+    return model.eval()

@@ -1,0 +1,193 @@
+"""Frechet distances against theory, the offline Inception paths, precision/recall, the reference classifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pytorch_fid.inception import InceptionV3
+from sklearn.datasets import load_digits
+
+from models.classifier import accuracy, load_classifier, save_classifier, train_classifier
+from tasks.fid import (
+    INCEPTION_WEIGHTS, InceptionUnavailable, classifier_extractor, extract_features, fid_inception,
+    frechet_distance, inception_extractor, inception_weights_path, pool3_extractor, precision_recall,
+    random_inception,
+)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """sklearn's 1797 8x8 digits as uint8 (N, 8, 8) in 0..255, and their labels."""
+    data = load_digits()
+    return torch.from_numpy(np.round(data.images * 255 / 16).astype(np.uint8)), torch.from_numpy(data.target)
+
+
+@pytest.fixture(scope="module")
+def split(digits) -> tuple[torch.Tensor, torch.Tensor]:
+    perm = torch.randperm(len(digits[0]), generator=torch.Generator().manual_seed(0))
+    return perm[:1300], perm[1300:]
+
+
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    return images[:, None].float() / 255
+
+
+@pytest.fixture(scope="module")
+def classifier(digits, split):
+    images, labels = digits
+    return train_classifier(as_float(images[split[0]]), labels[split[0]], 10, epochs=15, batch_size=64, lr=3e-3,
+                            generator=torch.Generator().manual_seed(0), device=CPU)
+
+
+def closed_form(m1, s1, m2, s2) -> float:
+    """|m1 - m2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)); tr (S1 S2)^(1/2) = sum of sqrt(eigenvalues of S1 S2),
+    which are real and >= 0 (S1 S2 is similar to S1^(1/2) S2 S1^(1/2))."""
+    root_trace = np.sqrt(np.linalg.eigvals(s1 @ s2).real.clip(0)).sum()
+    return float(((m1 - m2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * root_trace)
+
+
+def with_moments(z: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """z re-coloured so that its sample mean and covariance (n - 1) are exactly `mean` and `cov`."""
+    z = z - z.mean(axis=0)
+    z = z @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False)).T)  # sample covariance I
+    return mean + z @ np.linalg.cholesky(cov).T
+
+
+@pytest.fixture(scope="module")
+def gaussians():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 3, 3))
+    return np.array([0.0, 1.0, -1.0]), a @ a.T + 0.5 * np.eye(3), np.array([1.0, 0.5, 0.0]), b @ b.T + 0.1 * np.eye(3)
+
+
+def test_frechet_distance_equals_closed_form_on_exact_moments(gaussians):
+    m1, s1, m2, s2 = gaussians
+    rng = np.random.default_rng(1)
+    a, b = with_moments(rng.normal(size=(50, 3)), m1, s1), with_moments(rng.normal(size=(80, 3)), m2, s2)
+    assert frechet_distance(a, b) == pytest.approx(closed_form(m1, s1, m2, s2), rel=1e-9)
+
+
+def test_frechet_distance_of_large_samples_approaches_closed_form(gaussians):
+    m1, s1, m2, s2 = gaussians
+    rng = np.random.default_rng(2)
+    n = 100_000
+    a, b = rng.multivariate_normal(m1, s1, n), rng.multivariate_normal(m2, s2, n)
+    expected = closed_form(m1, s1, m2, s2)
+    # The estimate's error is O(1/sqrt(n)): the mean term alone has standard deviation
+    # 2 sqrt(d^T (S1 + S2) d / n) = 0.016 (d = m1 - m2); over 20 draws the whole estimate had standard
+    # deviation 0.037 around the closed form's 8.76, and its bias is O(tr(S) / n). 2 % is 0.18, about 5 of them.
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=0.02)
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero_and_of_two_draws_small():
+    rng = np.random.default_rng(3)
+    a, b, c = rng.normal(size=(3, 2000, 8))
+    scale = np.trace(np.cov(a, rowvar=False))  # 8
+    assert abs(frechet_distance(a, a)) < 1e-9 * scale  # sqrtm leaves round-off of either sign
+    same = frechet_distance(b, c)  # sampling error only: O(d^2 / n), measured 0.019
+    assert 0 < same < 0.01 * scale
+    assert frechet_distance(b, c + 0.5) > 10 * same
+
+
+def test_fid_classifier_grows_with_noise(digits, classifier):
+    images = digits[0]
+    features = lambda x: extract_features(classifier_extractor(classifier, CPU), x, device=CPU)  # noqa: E731
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    noisy = [(images + sigma * noise).round().clamp(0, 255).to(torch.uint8) for sigma in (0, 8, 16, 32, 64, 128)]
+    fids = [frechet_distance(features(images), features(x)) for x in noisy]
+    assert abs(fids[0]) < 1e-6 and all(a < b for a, b in zip(fids, fids[1:])), fids
+
+
+def test_extract_features_batches_match_one_pass_and_accept_channels(digits, classifier):
+    images = digits[0][:300]
+    one = extract_features(classifier_extractor(classifier, CPU), images, batch_size=1000, device=CPU)
+    batched = extract_features(classifier_extractor(classifier, CPU), images[:, None], batch_size=64, device=CPU)
+    assert one.dtype == np.float64 and one.shape == (300, 32)
+    np.testing.assert_allclose(batched, one, rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="uint8"):
+        extract_features(classifier_extractor(classifier, CPU), images.float(), device=CPU)
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty TORCH_HOME, and any download attempt fails the test."""
+    def no_download(*args, **kwargs):
+        raise AssertionError(f"network download attempted: {args}")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    return tmp_path
+
+
+def test_inception_extractor_without_weights_names_the_file_and_does_not_download(offline_hub):
+    path = offline_hub / "hub" / "checkpoints" / INCEPTION_WEIGHTS
+    assert inception_weights_path() == path
+    with pytest.raises(InceptionUnavailable) as error:
+        inception_extractor(device=CPU)
+    message = str(error.value)
+    assert "\n" not in message and str(path) in message and "https://" in message
+    assert not path.parent.exists()
+
+
+def test_random_inception_gives_pool3_features_of_grey_images(digits):
+    torch.manual_seed(0)
+    features = extract_features(random_inception(CPU), digits[0][:4], device=CPU)
+    assert features.shape == (4, 2048) and np.isfinite(features).all()
+    assert features.std(axis=0).mean() > 0.01 * np.abs(features).mean()  # the images differ in feature space
+
+
+def test_inception_extractor_loads_the_local_file_like_pytorch_fid(offline_hub, digits):
+    torch.manual_seed(0)
+    net = fid_inception()
+    inception_weights_path().parent.mkdir(parents=True)
+    torch.save(net.state_dict(), inception_weights_path())
+    images = digits[0][:3]
+    ours = extract_features(inception_extractor(device=CPU), images, device=CPU)
+    np.testing.assert_allclose(ours, extract_features(pool3_extractor(net, CPU), images, device=CPU), rtol=1e-5)
+    with torch.no_grad():  # pytorch-fid's own model reads the same file from torch hub's cache
+        theirs = InceptionV3([3]).eval()(as_float(images).expand(-1, 3, -1, -1))[0].flatten(1).double().numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_precision_recall_of_identical_and_disjoint_sets():
+    rng = np.random.default_rng(4)
+    real = rng.normal(size=(300, 4))
+    assert precision_recall(real, real.copy(), k=3) == (1.0, 1.0)
+    assert precision_recall(real, real + 100, k=3) == (0.0, 0.0)
+    two_modes = np.concatenate([real[:150], real[150:] + 100])
+    assert precision_recall(real, two_modes, k=3)[0] == 0.5  # half the fakes far from the data
+    assert precision_recall(two_modes, two_modes[:150], k=3) == (1.0, 0.5)  # one mode dropped
+    with pytest.raises(ValueError, match="k=300"):
+        precision_recall(real, real, k=300)
+
+
+def test_classifier_learns_digits(digits, split, classifier):
+    images, labels = digits
+    assert accuracy(classifier, as_float(images[split[1]]), labels[split[1]]) > 0.95  # measured 0.99
+
+
+def test_classifier_training_is_deterministic_for_a_generator(digits):
+    images, labels = as_float(digits[0][:201]), digits[1][:201]  # a leftover batch of one: batch norm skips it
+    models = [train_classifier(images, labels, 10, epochs=1, batch_size=50, lr=1e-3, features=16,
+                               generator=torch.Generator().manual_seed(5), device=CPU) for _ in range(2)]
+    assert models[0].config == {"channels": 1, "classes": 10, "features": 16}
+    for a, b in zip(*(m.state_dict().values() for m in models)):
+        assert torch.equal(a, b)
+
+
+def test_classifier_save_load_round_trip_and_clear_errors(tmp_path, digits, classifier):
+    path = tmp_path / "classifier.pt"
+    save_classifier(classifier, path)
+    assert [p.name for p in tmp_path.iterdir()] == ["classifier.pt"]
+    x = as_float(digits[0][:50])
+    with torch.no_grad():
+        assert torch.equal(load_classifier(path)(x), classifier(x))
+    with pytest.raises(FileNotFoundError, match="dvc repro") as missing:
+        load_classifier(tmp_path / "absent.pt")
+    assert str(tmp_path / "absent.pt") in str(missing.value)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="unreadable.*dvc repro") as broken:
+        load_classifier(path)
+    assert "\n" not in str(broken.value)

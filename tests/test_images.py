@@ -1,0 +1,108 @@
+"""The digits image study through its flows: reference classifier, VAE generations, metrics, figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from flows.classifier import classifier_flow
+from flows.images import build_study, images_flow
+from tasks import storage
+from tasks.params import ParamsError
+
+from conftest import ROOT, subprocess_env, write_params
+
+TINY = {"n_samples": 60, "generations": 2, "seeds": 2, "eval_samples": 60,
+        "classifier": {"features": 16, "epochs": 8, "batch_size": 64, "lr": 0.003},
+        "ple": {"lam": 1.0, "steps": 40, "lr": 0.003, "batch_fraction": 0.5}}
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory, prefect_api):
+    """One tiny digits study, shared by the checks below."""
+    root = tmp_path_factory.mktemp("digits")
+    params = write_params(root, digits={**TINY, "fid_inception": True})
+    accuracy = classifier_flow(params_file=str(params), root=str(root), study="digits")
+    tidy = images_flow(params_file=str(params), root=str(root), study="digits")
+    return root, accuracy, tidy
+
+
+def test_reference_classifier_is_accurate_and_versioned(digits_run):
+    root, accuracy, _ = digits_run
+    assert accuracy > 0.8  # 8 epochs on ~1260 digits; the default settings reach about 0.97
+    report = json.loads((root / "metrics/reference/digits.json").read_text())
+    assert report["test_accuracy"] == accuracy and set(report["test_accuracy_by_class"]) == {"3", "6"}
+    assert (root / "data/reference/digits/classifier.pt").stat().st_size > 1000
+
+
+def test_generations_store_uint8_images_with_their_shape(digits_run):
+    root, _, _ = digits_run
+    for method in ("mle", "hyper_mle", "ple"):
+        path = storage.dataset_path(root / "data/generations/digits" / method, 1)
+        assert pq.read_schema(path).field("x").type.value_type == "uint8"
+        assert json.loads(storage.read_metadata(path)["event_shape"]) == [8, 8]
+        data = storage.read_dataset(path)
+        assert data.values.dtype == torch.uint8 and data.values.shape == (2, 60, 8, 8)
+        assert not data.is_real.any()  # replace loop: D_1 is all synthetic
+
+
+def test_real_draw_has_exact_class_counts(digits_run):
+    root, _, _ = digits_run
+    study = build_study(str(root / "params.yaml"), "digits", root)
+    labels = study.predict(storage.read_dataset(storage.dataset_path(root / "data/generations/digits/mle", 0)).values[0])
+    counts = torch.bincount(labels, minlength=10)
+    assert abs(int(counts[3]) - 54) <= 3 and abs(int(counts[6]) - 6) <= 3  # 54 + 6 real images, classifier errors aside
+    assert len(study.reference) == 61  # held-out 3s limit it: 55 of them at 0.9
+
+
+def test_metrics_per_method_and_no_silent_inception(digits_run):
+    _, _, tidy = digits_run
+    metrics = set(tidy.metric)
+    assert {"fid_classifier", "minority_ratio", "share_other", "precision", "recall", "nll"} <= metrics
+    assert "fid_inception" not in metrics  # no weights offline: skipped, never a zero
+    assert {"sensitivity", "penalty"} <= set(tidy[tidy.method == "ple"].metric)
+    fid = tidy[tidy.metric == "fid_classifier"].value
+    assert (fid > 0).all() and np.isfinite(fid).all()
+    assert (tidy[tidy.metric == "minority_ratio"].value >= 0).all()
+
+
+def test_figures_and_mlflow(digits_run):
+    root, _, _ = digits_run
+    figures = root / "figures/digits"
+    assert (figures / "curves.png").stat().st_size > 10_000
+    assert (figures / "samples_by_generation.png").stat().st_size > 5_000
+    assert len(list((figures / "samples").glob("*.png"))) == 3 * 2
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id],
+                              filter_string="tags.method = 'ple'", max_results=1)
+    run = runs[0]
+    assert run.data.tags["device"] == "cpu" and run.data.tags["torch"] == torch.__version__
+    history = client.get_metric_history(run.info.run_id, "fid_classifier_mean")
+    assert [m.step for m in history] == [0, 1]
+
+
+def test_missing_classifier_stops_with_one_line_before_the_flow(tmp_path, prefect_api):
+    params = write_params(tmp_path, digits=TINY)
+    cmd = [sys.executable, "-m", "flows.images", str(params), "digits"]
+    env = {**subprocess_env(prefect_api), "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and "dvc repro classifier_digits" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "data").exists() and not (tmp_path / "metrics").exists()
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"n_samples": 1000}, r"digits.n_samples = 1000: .*images of class 3 but 900 are needed"),
+    ({"classes": [3, 12]}, r"digits.classes = \[3, 12\]: .*12"),
+])
+def test_params_the_data_cannot_meet_are_named(tmp_path, bad, message):
+    params = write_params(tmp_path, digits={**TINY, **bad})
+    with pytest.raises(ParamsError, match=message):
+        build_study(str(params), "digits", tmp_path)
