@@ -25,3 +25,5 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	python benchmarks/gaussian_vectorisation.py
 	python benchmarks/ple_engine.py
+	python benchmarks/fid_features.py
+	python benchmarks/vae_training.py
