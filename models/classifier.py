@@ -5,7 +5,7 @@ paper, Alemohammad et al. 2023, which replaces Inception features for MNIST) and
 label generated samples for `minority_ratio` (GUIDE section 3).
 
     x (N, C, H, W) in [0, 1] -> conv3x3(16) ReLU -> conv3x3(32) ReLU -> maxpool 2
-      -> adaptive avg pool 4x4 -> Linear(512, features) BatchNorm ReLU = features(x)
+      -> adaptive avg pool 4x4 -> Linear(512, features) BatchNorm = features(x) -> ReLU
       -> Linear(classes) = logits
 
 The adaptive pooling lets one architecture read 8x8 digits, 28x28 MNIST and 32x32 CIFAR-10. The
@@ -38,17 +38,18 @@ class Classifier(nn.Module):
             nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(),
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
             nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-            nn.Linear(32 * 4 * 4, features), nn.BatchNorm1d(features), nn.ReLU(),
+            nn.Linear(32 * 4 * 4, features), nn.BatchNorm1d(features),
         )
         self.head = nn.Linear(features, classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate activations (N, features)."""
+        """Penultimate pre-activations (N, features): no ReLU, so no unit is constant at 0 on a class
+        and the feature covariance of FID stays full rank."""
         return self.trunk(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, classes)."""
-        return self.head(self.trunk(x))
+        return self.head(F.relu(self.trunk(x)))
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, classes: int, *, epochs: int, batch_size: int,
