@@ -13,7 +13,7 @@ from tasks import storage
 from tasks.figures import plot_curves, save
 from tasks.paths import StudyPaths
 
-CURVES = ["fid_classifier", "minority_ratio", "share_other", "nll"]
+CURVES = ["fid_classifier", "minority_ratio", "share_other", "data_loss"]
 
 
 def tile(images: torch.Tensor, columns: int) -> np.ndarray:
@@ -65,7 +65,7 @@ def side_by_side(paths: StudyPaths, methods: list[str], generations: int, count:
 
 
 def curves(curve_table: pd.DataFrame, paths: StudyPaths, title: str) -> Path:
-    """FID, minority ratio (fair = 1), off-class share and negative ELBO against generation."""
+    """FID, minority ratio (fair = 1), off-class share and the fit loss on D_g against generation."""
     metrics = [m for m in CURVES + ["fid_inception"] if f"{m}_mean" in curve_table]
     generations = sorted(curve_table["generation"].unique())
     fair = pd.Series(1.0, index=generations, name="fair (1)")

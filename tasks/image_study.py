@@ -1,4 +1,4 @@
-"""An image study (the PLE paper's MNIST VAE) as a `tasks.loop.Study`.
+"""An image study (the PLE paper's MNIST VAE) as a `tasks.loop.Study`; generator: VAE or GMMN.
 
 Real data: the training split of `dataset`, restricted to `classes` in `proportions` (the
 paper: digits 3 and 6 at 9:1); every real draw D_0 holds exactly round(n p_c) images of class c.
@@ -12,7 +12,8 @@ Metrics per seed, each from `eval_samples` generated images drawn with a fixed s
 - minority_ratio: share of samples the reference classifier labels as the minority class,
   divided by the minority's share of the real data (1: fair); share_other: share labelled as a
   class outside `classes`; precision and recall (k = 5) in classifier feature space;
-- nll: the generator's negative ELBO on its own training data D_g (nats per image);
+- data_loss: the generator's fit loss on its own training data D_g, one fixed noise draw
+  (negative ELBO in nats per image for the VAE, MMD^2 for the GMMN);
 - for hyper_mle and ple: the final fit and penalty terms and the sensitivity of `HyperEnsemble`.
 """
 
@@ -30,14 +31,18 @@ from torch.func import functional_call, vmap
 
 from models.classifier import Classifier
 from models.hypernet import HyperConfig
-from models.ple import Fitted, PLEConfig, fit_direct, fit_ensemble, sample_weights
-from models.vae import PRESETS, VAE
+from models.ple import Fitted, Generative, PLEConfig, fit_direct, fit_ensemble, sample_weights
+from models.gmmn import GMMN
+from models.gmmn import PRESETS as GMMN_PRESETS
+from models.vae import PRESETS as VAE_PRESETS
+from models.vae import VAE
 from tasks import fid
 from tasks.image_data import ImageSet, class_pools, draw_imbalanced, load_images, split, to_float, to_uint8
 from tasks.loop import Dataset, SeedsAndGenerations, generator
 from tasks.params import ImageParams, Params, ParamsError
 
 IMAGE_STUDIES = ["digits", "mnist", "cifar10"]  # sections of params.yaml
+GENERATORS = {"vae": (VAE, VAE_PRESETS), "gmmn": (GMMN, GMMN_PRESETS)}
 EVAL_SEED = 0  # the same generated images are scored for every method and generation
 
 
@@ -75,8 +80,9 @@ class ImageStudy(SeedsAndGenerations):
     def event_shape(self) -> tuple[int, ...]:
         return tuple(self.train.images.shape[1:])
 
-    def make_generator(self) -> VAE:
-        return VAE(self.event_shape, PRESETS[self.params.preset])
+    def make_generator(self) -> Generative:
+        kind, presets = GENERATORS[self.params.generator]
+        return kind(self.event_shape, presets[self.params.preset])
 
     def draw_real(self, n: int, generator: torch.Generator) -> torch.Tensor:
         p = self.params
@@ -134,15 +140,15 @@ class ImageStudy(SeedsAndGenerations):
             for name, value in values.items():
                 rows.setdefault(name, []).append(value)
         metrics = {name: torch.tensor(values, dtype=torch.float64) for name, values in rows.items()}
-        metrics["nll"] = self.nll(model, to_float(data.values))
+        metrics["data_loss"] = self.data_loss(model, to_float(data.values))
         if model.ensemble is not None:
             metrics["sensitivity"] = model.ensemble.sensitivity(to_float(data.values))
             metrics["fit_loss"] = model.curve.final_fit
             metrics["penalty"] = model.curve.final_penalty
         return metrics
 
-    def nll(self, model: Fitted, x: torch.Tensor) -> torch.Tensor:
-        """Negative ELBO of every seed's model on its data x (S, n, *event), one fixed posterior draw."""
+    def data_loss(self, model: Fitted, x: torch.Tensor) -> torch.Tensor:
+        """The fit loss of every seed's model on its data x (S, n, *event), one fixed noise draw."""
         target = self.make_generator().to(self.device)
         noise = torch.stack([target.noise(x.shape[1], torch.Generator().manual_seed(EVAL_SEED))] * x.shape[0])
         with torch.no_grad():

@@ -14,6 +14,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from models.gmmn import PRESETS as GMMN_PRESETS
+from models.vae import PRESETS as VAE_PRESETS
+
+GENERATOR_PRESETS = {"vae": list(VAE_PRESETS), "gmmn": list(GMMN_PRESETS)}
 LoopMode = Literal["replace", "accumulate", "augment", "fresh"]
 Method = Literal["mle", "hyper_mle", "ple"]
 
@@ -177,8 +181,9 @@ class ImageParams(_HyperStudy):
     n_samples: int = Field(ge=4, description="images per real draw D_0 and per generation")
     test_fraction: float = Field(gt=0.0, lt=1.0, description="held-out share of every class (digits has "
                                  "no official test split; mnist and cifar10 use theirs)")
-    generator: Literal["vae"] = Field(description="the generative model")
-    preset: Literal["small", "paper"] = Field(description="the generator's size: models/vae.py PRESETS")
+    generator: Literal["vae", "gmmn"] = Field(description="vae (models/vae.py) or gmmn, a DCGAN-style "
+                                              "generator trained by MMD (models/gmmn.py)")
+    preset: str = Field(description="the generator's size, one of its module's PRESETS")
     eval_samples: int = Field(ge=10, description="generated images per seed for the metrics, the same "
                               "count every generation")
     fid_inception: bool = Field(description="also compute fid_inception (needs pytorch-fid's weights file)")
@@ -192,6 +197,9 @@ class ImageParams(_HyperStudy):
             raise ValueError(f"proportions needs {len(self.classes)} entries, one per class in classes")
         if any(p <= 0 for p in self.proportions) or abs(sum(self.proportions) - 1) > 1e-6:
             raise ValueError("proportions must be positive and sum to 1")
+        presets = GENERATOR_PRESETS[self.generator]
+        if self.preset not in presets:
+            raise ValueError(f"preset {self.preset!r} is not one of the {self.generator} presets: {', '.join(presets)}")
         return self
 
     @property

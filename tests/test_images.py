@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -65,7 +66,7 @@ def test_real_draw_has_exact_class_counts(digits_run):
 def test_metrics_per_method_and_no_silent_inception(digits_run):
     _, _, tidy = digits_run
     metrics = set(tidy.metric)
-    assert {"fid_classifier", "minority_ratio", "share_other", "precision", "recall", "nll"} <= metrics
+    assert {"fid_classifier", "minority_ratio", "share_other", "precision", "recall", "data_loss"} <= metrics
     assert "fid_inception" not in metrics  # no weights offline: skipped, never a zero
     assert {"sensitivity", "penalty"} <= set(tidy[tidy.method == "ple"].metric)
     fid = tidy[tidy.metric == "fid_classifier"].value
@@ -101,8 +102,23 @@ def test_missing_classifier_stops_with_one_line_before_the_flow(tmp_path, prefec
 @pytest.mark.parametrize("bad, message", [
     ({"n_samples": 1000}, r"digits.n_samples = 1000: .*images of class 3 but 900 are needed"),
     ({"classes": [3, 12]}, r"digits.classes = \[3, 12\]: .*12"),
+    ({"generator": "gmmn", "preset": "paper"}, r"digits: preset 'paper' is not one of the gmmn presets: small, large"),
 ])
 def test_params_the_data_cannot_meet_are_named(tmp_path, bad, message):
     params = write_params(tmp_path, digits={**TINY, **bad})
     with pytest.raises(ParamsError, match=message):
         build_study(str(params), "digits", tmp_path)
+
+
+def test_the_gmmn_generator_runs_through_the_same_study(digits_run, tmp_path):
+    root, _, _ = digits_run
+    classifier = tmp_path / "data/reference/digits/classifier.pt"
+    classifier.parent.mkdir(parents=True)
+    shutil.copy2(root / "data/reference/digits/classifier.pt", classifier)
+    params = write_params(tmp_path, digits={**TINY, "generator": "gmmn", "methods": ["mle", "ple"]})
+    tidy = images_flow(params_file=str(params), root=str(tmp_path), study="digits")
+    assert set(tidy.method) == {"mle", "ple"} and (tidy[tidy.metric == "fid_classifier"].value > 0).all()
+    loss = tidy[tidy.metric == "data_loss"].value
+    assert np.isfinite(loss).all() and (loss.abs() < 2).all()  # MMD^2 with kernels summing to at most 4
+    images = storage.read_dataset(storage.dataset_path(tmp_path / "data/generations/digits/ple", 1)).values
+    assert images.dtype == torch.uint8 and images.shape == (2, 60, 8, 8)
