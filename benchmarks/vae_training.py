@@ -43,9 +43,10 @@ def plain_loop(x: torch.Tensor, config: PLEConfig, batch: int) -> None:
         torch.manual_seed(seed)
         vae = VAE(tuple(x.shape[2:]), PRESETS["small"])
         optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
+        noise = torch.Generator().manual_seed(seed)
         for _ in range(config.steps):
             index = torch.randperm(len(data))[:batch]
-            loss = vae.nll(data[index], vae.noise(batch, torch.Generator().manual_seed(seed)))
+            loss = vae.nll(data[index], vae.noise(batch, noise))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -63,8 +64,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     params = load_params(ROOT / "params.yaml")
-    section = params.digits
-    config = PLEConfig(**{**section.ple.model_dump(), "steps": args.steps})
+    section = params.digits.model_copy(update={"ple": params.digits.ple.model_copy(update={"steps": args.steps})})
+    config = PLEConfig(**section.ple.model_dump())
     train, test = real_splits(section, params.seed, ROOT / "data" / "raw", "digits")
     study = ImageStudy(section, "digits", train, test, None, "", None, torch.device("cpu"))
     real = study.draw_real(section.n_samples, generator(params.seed, "real", 0))
@@ -83,7 +84,7 @@ def main() -> None:
         "engine, mle (vmap over seeds)": timed(lambda: fit_direct(make, x, config, torch.Generator())),
         "Prefect task fit, mle": in_flow(),
         "engine, hyper_mle": timed(lambda: fit_ensemble(make, x, hyper, PLEConfig(**{
-            **config.__dict__, "lam": 0.0}), torch.Generator())),
+            **section.ple.model_dump(), "lam": 0.0}), torch.Generator())),
         "engine, ple": timed(lambda: fit_ensemble(make, x, hyper, config, torch.Generator())),
     }
     base = rows["plain PyTorch loop"]

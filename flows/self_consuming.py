@@ -146,9 +146,9 @@ def run_study(studies: list[Study], params: Params, root: Path, figures: Figures
     """
     experiment = studies[0].experiment
     paths = StudyPaths(root, experiment)
-    tracker = StudyTracker(experiment, paths.mlflow_dir, flatten(params),
-                           {"loop_mode": params.loop.mode, "torch": torch.__version__,
-                            "device": str(models.ple.default_device())})
+    runtime = {"torch": torch.__version__, "device": str(models.ple.default_device())}
+    tracker = StudyTracker(experiment, paths.mlflow_dir, {**flatten(params), **runtime},
+                           {"loop_mode": params.loop.mode, **runtime})
     ok = False
     try:
         frames = []

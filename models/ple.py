@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
+from tqdm.auto import tqdm
 
 from models.hypernet import HyperConfig, HyperNetwork
 
@@ -125,7 +126,8 @@ class Stacked(ABC):
         seeds, n = x.shape[:2]
         size = max(2, round(config.batch_fraction * n))
         x = x.to(self.device)
-        for _ in range(config.steps):
+        for _ in tqdm(range(config.steps), desc=f"{type(self).__name__} steps", leave=False, disable=None,
+                      mininterval=2.0):  # a progress bar on a terminal only
             batch = x
             if size < n:
                 index = torch.stack([torch.randperm(n, generator=generator)[:size] for _ in range(seeds)])

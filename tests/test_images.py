@@ -84,7 +84,8 @@ def test_figures_and_mlflow(digits_run):
     runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id],
                               filter_string="tags.method = 'ple'", max_results=1)
     run = runs[0]
-    assert run.data.tags["device"] == "cpu" and run.data.tags["torch"] == torch.__version__
+    assert run.data.tags["device"] == run.data.params["device"] == "cpu"
+    assert run.data.params["torch"] == torch.__version__
     history = client.get_metric_history(run.info.run_id, "fid_classifier_mean")
     assert [m.step for m in history] == [0, 1]
 
