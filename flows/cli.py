@@ -3,18 +3,47 @@
     python -m flows.gaussian [params.yaml]
     python -m flows.images [params.yaml] [digits|mnist|cifar10]     (flows with several studies)
 
-A bad params file or corrupt stored data stops with one line on stderr and a non-zero exit
+A bad params file, corrupt stored data, a missing input or an unreachable MLflow or Prefect
+server (MLFLOW_TRACKING_URI, PREFECT_API_URL) stops with one line on stderr and a non-zero exit
 code, before any output is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import sys
 from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from prefect.settings import PREFECT_API_URL
 
 from tasks.params import ParamsError, load_params
 from tasks.storage import CorruptDataError, InputUnavailableError
+
+
+CONNECT_TIMEOUT = 3.0  # seconds to wait for a server before calling it unreachable
+
+
+def check_server(name: str, url: str | None, fix: str) -> None:
+    """InputUnavailableError naming `url` when nothing accepts a TCP connection there (http(s) only)."""
+    parts = urlsplit(url or "")
+    if parts.scheme not in ("http", "https"):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise InputUnavailableError(f"{name} at {url} is unreachable ({exc.strerror or exc}); {fix}") from None
+
+
+def check_servers() -> None:
+    """The MLflow tracking server and the Prefect API the run would use, when they are servers."""
+    check_server("the MLflow tracking server", os.environ.get("MLFLOW_TRACKING_URI"),
+                 "start it, or unset MLFLOW_TRACKING_URI to log to the local .mlflow store")
+    check_server("the Prefect API", PREFECT_API_URL.value(),
+                 "start it (prefect server start), or unset PREFECT_API_URL to use a temporary server")
 
 
 def main(flow_fn: Callable[..., object], argv: list[str] | None = None, studies: list[str] | None = None,
@@ -30,6 +59,7 @@ def main(flow_fn: Callable[..., object], argv: list[str] | None = None, studies:
     args = parser.parse_args(argv)
     try:
         load_params(args.params)
+        check_servers()
         kwargs = {"params_file": args.params, **({"study": args.study} if studies else {})}
         if preflight:
             preflight(**kwargs)

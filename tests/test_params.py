@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,4 +117,26 @@ def test_command_line_exit_code_and_stderr(tmp_path):
                             env={**subprocess_env(), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "loop.mode = 'circular'" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+@pytest.mark.parametrize("variable, value, named", [
+    ("MLFLOW_TRACKING_URI", "http://127.0.0.1:{port}", "MLflow tracking server"),
+    ("PREFECT_API_URL", "http://127.0.0.1:{port}/api", "Prefect API"),
+])
+def test_unreachable_servers_stop_within_seconds(tmp_path, variable, value, named):
+    """A closed port: one line naming the server and its URI, exit 2, nothing written, no waiting."""
+    with socket.socket() as probe:  # a port that was free a moment ago; nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = value.format(port=port)
+    path = write_params(tmp_path)
+    env = {**subprocess_env(), "PYTHONPATH": str(ROOT), variable: url}
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "flows.gaussian", str(path)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 2 and named in result.stderr and url in result.stderr, result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert elapsed < 30  # interpreter start-up and imports included; the check itself takes milliseconds
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
