@@ -5,7 +5,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: run test bench
+.PHONY: run test bench serve ui
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,3 +27,16 @@ bench: $(VENV)/.installed
 	python benchmarks/ple_engine.py
 	python benchmarks/fid_features.py
 	python benchmarks/vae_training.py
+
+# A Prefect server on 127.0.0.1 (state in .prefect/) serving the deployments of flows/deployments.yaml.
+PREFECT_PORT ?= 4200
+serve: $(VENV)/.installed
+	PREFECT_HOME=$(CURDIR)/.prefect prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) & server=$$!; \
+	trap "kill $$server" EXIT INT TERM; \
+	until python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$(PREFECT_PORT)/api/health', timeout=2)" 2>/dev/null; do sleep 1; done; \
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api python -m flows.serve flows/deployments.yaml
+
+# The MLflow UI on the local tracking store (what the studies log to without MLFLOW_TRACKING_URI).
+MLFLOW_PORT ?= 5000
+ui: $(VENV)/.installed
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.mlflow/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
