@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from prefect.settings import PREFECT_API_URL
 
+from tasks.lock import LockedError
 from tasks.params import ParamsError, load_params
 from tasks.storage import CorruptDataError, InputUnavailableError
 
@@ -64,7 +65,7 @@ def main(flow_fn: Callable[..., object], argv: list[str] | None = None, studies:
         if preflight:
             preflight(**kwargs)
         flow_fn(**kwargs)
-    except (ParamsError, CorruptDataError, InputUnavailableError) as exc:
+    except (ParamsError, CorruptDataError, InputUnavailableError, LockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

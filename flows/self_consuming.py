@@ -20,10 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 import models
 import models.ple
 from tasks import loop, steps, storage, tables
+from tasks.lock import experiment_lock
 from tasks.loop import Study
 from tasks.params import Params, flatten
 from tasks.paths import StudyPaths
@@ -145,6 +147,11 @@ def run_study(studies: list[Study], params: Params, root: Path, figures: Figures
     draws the experiment's figures from the tidy and curve tables. Returns the tidy table.
     """
     experiment = studies[0].experiment
+    with experiment_lock(root, experiment, f"{flow_run.name} ({flow_run.id})"):
+        return _run_locked(studies, params, root, figures, experiment)
+
+
+def _run_locked(studies: list[Study], params: Params, root: Path, figures: Figures, experiment: str) -> pd.DataFrame:
     paths = StudyPaths(root, experiment)
     runtime = {"torch": torch.__version__, "device": str(models.ple.default_device())}
     tracker = StudyTracker(experiment, paths.mlflow_dir, {**flatten(params), **runtime},
