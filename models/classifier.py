@@ -16,6 +16,7 @@ A checkpoint stores the constructor arguments beside the weights, so it rebuilds
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 
@@ -87,10 +88,15 @@ def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor, batc
 
 
 def save_classifier(model: Classifier, path: Path) -> None:
-    """Constructor arguments and weights in one file, written to a temporary file and renamed."""
+    """Constructor arguments and weights in one file, written to a temporary file and renamed.
+
+    Serialised in memory first: torch.save to a file path records that (random, temporary) name
+    in the archive, and the same model must give the same bytes, the hash DVC versions."""
     state = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save({"config": model.config, "state_dict": state}, buffer)
     with atomic_path(Path(path)) as tmp:
-        torch.save({"config": model.config, "state_dict": state}, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load_classifier(path: Path) -> Classifier:
