@@ -42,7 +42,7 @@ def generation_images(paths: StudyPaths, method: str, generation: int, count: in
 
 
 def sample_grids(paths: StudyPaths, methods: list[str], generations: int, count: int = 64) -> list[Path]:
-    """One PNG per method and generation: samples/<method>_gen_XXX.png (D_g, seed 0)."""
+    """One PNG per method and generation: samples/<method>_gen_<g>.png, g zero-padded to 3 digits (D_g, seed 0)."""
     out = []
     for method in methods:
         for g in range(generations):

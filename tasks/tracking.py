@@ -79,7 +79,7 @@ class StudyTracker:
         self.client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[context])])
 
     def log_training(self, run_id: str, generation: int, curves: dict[str, list[float]]) -> None:
-        """Training curves of one generation's fit as `train_<name>/gen_XXX` with step = optimiser step."""
+        """Training curves of one generation's fit as `train_<name>/gen_<g>` (g zero-padded to 3 digits) with step = optimiser step."""
         now = int(time.time() * 1000)
         metrics = [Metric(f"train_{name}/gen_{generation:03d}", value, now, step)
                    for name, values in curves.items() for step, value in enumerate(values)]
