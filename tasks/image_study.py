@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from functools import cached_property
 
@@ -90,13 +90,13 @@ class ImageStudy(SeedsAndGenerations):
                             for _ in range(self.seeds)])
 
     def fit(self, data: Dataset, method: str, generator: torch.Generator) -> Fitted:
-        """The VAE's own ELBO training for mle; hypernetworks with lambda = 0 (hyper_mle) or lam (ple)."""
+        """The generator's own loss for mle; hypernetworks with lambda = 0 (hyper_mle) or lam (ple)."""
         x = to_float(data.values)
         config = PLEConfig(**self.params.ple.model_dump())
         if method == "mle":
             return fit_direct(self.make_generator, x, config, generator, self.device)
         if method == "hyper_mle":
-            config = PLEConfig(**{**self.params.ple.model_dump(), "lam": 0.0})
+            config = replace(config, lam=0.0)
         return fit_ensemble(self.make_generator, x, HyperConfig(**self.params.hyper.model_dump()), config,
                             generator, self.device)
 
