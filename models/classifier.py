@@ -55,16 +55,29 @@ class Classifier(nn.Module):
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, classes: int, *, epochs: int, batch_size: int,
                      lr: float, generator: torch.Generator, device: torch.device, features: int = 32) -> Classifier:
-    """Adam on the cross entropy over shuffled minibatches; images (N, C, H, W) float in [0, 1].
+    """A new classifier (initialised from `generator`) fitted by `fit_classifier`; images (N, C, H, W) in [0, 1].
 
-    Initialisation and shuffling both come from `generator`: the same generator gives the same
-    model on CPU. Returns the model in eval mode on the CPU.
+    The same generator gives the same model on CPU. Returns the model in eval mode on the CPU.
     """
     seed = int(torch.randint(2**62, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Classifier(images.shape[1], classes, features).to(device)
+        model = Classifier(images.shape[1], classes, features)
+    return fit_classifier(model, images, labels, epochs=epochs, batch_size=batch_size, lr=lr,
+                          generator=generator, device=device)
+
+
+def fit_classifier(model: Classifier, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size: int,
+                   lr: float, generator: torch.Generator, device: torch.device,
+                   mask: dict[str, torch.Tensor] | None = None) -> Classifier:
+    """Adam on the cross entropy over minibatches shuffled by `generator`, updating `model` in place.
+
+    `mask` ({parameter name: 0/1 tensor}) freezes every entry where it is 0: its gradient is zeroed
+    before each step, so Adam's moments, and the entry, never move. Returns the model in eval mode on the CPU.
+    """
+    model = model.to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    masks = [(p, mask[name].to(device)) for name, p in model.named_parameters()] if mask is not None else []
     x, y = images.to(device), labels.to(device)
     model.train()
     for _ in range(epochs):
@@ -74,6 +87,8 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, classes: int, *
             loss = F.cross_entropy(model(x[batch]), y[batch])
             optimiser.zero_grad()
             loss.backward()
+            for parameter, keep in masks:
+                parameter.grad.mul_(keep)
             optimiser.step()
     return model.eval().cpu()
 

@@ -57,22 +57,31 @@ def perceptron(width_in: int, hidden: int, depth: int, width_out: int, config: V
 class VAE(Generative):
     """VAE for images of shape `event_shape`, (H, W) or (C, H, W), with pixels in [0, 1]."""
 
-    def __init__(self, event_shape: tuple[int, ...], config: VAEConfig = VAEConfig()):
+    def __init__(self, event_shape: tuple[int, ...], config: VAEConfig = VAEConfig(), conditions: int = 0):
         super().__init__()
         self.event_shape, self.config = tuple(event_shape), config
         pixels = math.prod(event_shape)
-        self.encoder = perceptron(pixels, config.hidden, config.depth, 2 * config.latent, config)
-        self.decoder = perceptron(config.latent, config.hidden, config.depth, pixels, config)
+        self.encoder = perceptron(pixels + conditions, config.hidden, config.depth, 2 * config.latent, config)
+        self.decoder = perceptron(config.latent + conditions, config.hidden, config.depth, pixels, config)
 
     def nll(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Negative ELBO per image in nats; `noise[:, :latent]` is the posterior draw's eps."""
-        flat = x.reshape(x.shape[0], -1)
-        mu, log_var = self.encoder(flat).chunk(2, dim=-1)  # (n, latent) each
+        """Negative ELBO per image in nats, averaged over the images."""
+        return self.row_nll(x, noise).mean()
+
+    def row_nll(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Negative ELBO of every image (n,); `noise[:, :latent]` is the posterior draw's eps."""
+        return self.elbo_terms(x.reshape(x.shape[0], -1), None, noise)
+
+    def elbo_terms(self, flat: torch.Tensor, condition: torch.Tensor | None, noise: torch.Tensor | None) -> torch.Tensor:
+        """-ELBO (n,) of flat images (n, pixels); `condition` (n, k) joins the encoder's and decoder's inputs."""
+        joined = flat if condition is None else torch.cat([flat, condition], dim=-1)
+        mu, log_var = self.encoder(joined).chunk(2, dim=-1)  # (n, latent) each
         eps = noise[:, : self.config.latent] if noise is not None else torch.zeros_like(mu)
         z = mu + (0.5 * log_var).exp() * eps
-        recon = F.binary_cross_entropy_with_logits(self.decoder(z), flat, reduction="none").sum(-1)
+        logits = self.decoder(z if condition is None else torch.cat([z, condition], dim=-1))
+        recon = F.binary_cross_entropy_with_logits(logits, flat, reduction="none").sum(-1)
         kl = 0.5 * (mu.pow(2) + log_var.exp() - 1 - log_var).sum(-1)
-        return (recon + kl).mean()
+        return recon + kl
 
     def noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """(n, 2 latent): eps of the posterior draw in `nll`, then eps of the sample in `rsample`."""

@@ -102,23 +102,27 @@ def class_pools(data: ImageSet, classes: list[int]) -> list[torch.Tensor]:
     return pools
 
 
-def draw_imbalanced(data: ImageSet, classes: list[int], proportions: list[float], n: int,
-                    generator: torch.Generator) -> ImageSet:
-    """n images, count_c of class c drawn without replacement, in random order.
-
-    counts = largest-remainder rounding of n * proportions: floor each, then give the leftover
-    images to the classes with the largest fractional parts, so they sum to n exactly.
-    """
-    if len(classes) != len(proportions):
-        raise ValueError(f"{len(classes)} classes but {len(proportions)} proportions")
-    if min(proportions) < 0 or abs(sum(proportions) - 1) > 1e-6:
-        raise ValueError(f"proportions must be >= 0 and sum to 1, got {proportions} (sum {sum(proportions)})")
+def largest_remainder(n: int, proportions: list[float]) -> list[int]:
+    """Counts summing to n exactly: floor every n p_i, then one more for the largest fractional parts."""
     exact = [n * p / sum(proportions) for p in proportions]
     counts = [math.floor(x) for x in exact]
     by_remainder = sorted(range(len(exact)), key=lambda i: exact[i] - counts[i], reverse=True)
     for i in by_remainder[: n - sum(counts)]:
         counts[i] += 1
-    chosen = []
+    return counts
+
+
+def draw_imbalanced(data: ImageSet, classes: list[int], proportions: list[float], n: int,
+                    generator: torch.Generator) -> ImageSet:
+    """n images, count_c of class c drawn without replacement, in random order.
+
+    counts = `largest_remainder(n, proportions)`.
+    """
+    if len(classes) != len(proportions):
+        raise ValueError(f"{len(classes)} classes but {len(proportions)} proportions")
+    if min(proportions) < 0 or abs(sum(proportions) - 1) > 1e-6:
+        raise ValueError(f"proportions must be >= 0 and sum to 1, got {proportions} (sum {sum(proportions)})")
+    chosen, counts = [], largest_remainder(n, proportions)
     for c, p, pool, count in zip(classes, proportions, class_pools(data, classes), counts):
         if len(pool) < count:
             raise ValueError(f"{data.name} has {len(pool)} images of class {c} but {count} are needed "
