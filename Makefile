@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The default studies; mnist and cifar10 join when their files are under data/raw (README).
-STUDIES := gaussian gmm gmm_lambda grid digits $(if $(wildcard data/raw/mnist/*),mnist) \
+STUDIES := gaussian gmm gmm_lambda grid digits fairness $(if $(wildcard data/raw/mnist/*),mnist) \
 	$(if $(wildcard data/raw/cifar10/*),cifar10)
 
 run: $(VENV)/.installed

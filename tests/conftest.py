@@ -37,7 +37,7 @@ def mlflow_store(tmp_path_factory) -> str:
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
     client = MlflowClient(uri)
-    for experiment in ("gaussian", "gmm", "gmm_lambda", "grid", "digits"):  # artifacts in the temp dir, not ./mlruns
+    for experiment in ("gaussian", "gmm", "gmm_lambda", "grid", "digits", "fairness"):  # artifacts in the temp dir, not ./mlruns
         client.create_experiment(experiment, artifact_location=(folder / experiment).as_uri())
     yield uri
     os.environ.pop("MLFLOW_TRACKING_URI", None)
