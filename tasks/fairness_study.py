@@ -63,10 +63,6 @@ class FairnessStudy(SeedsAndGenerations):
     labels = {}
 
     @property
-    def n_samples(self) -> int:
-        return self.params.n_samples
-
-    @property
     def config(self) -> dict:
         return self.params.model_dump(exclude={"methods"})
 

@@ -21,10 +21,6 @@ class GaussianStudy(SeedsAndGenerations):
     params: GaussianParams
     experiment: str = "gaussian"
 
-    @property
-    def n_samples(self) -> int:
-        return self.params.n_samples
-
     point = {}
 
     @property

@@ -33,10 +33,6 @@ class FamilyStudy(SeedsAndGenerations):
         return FAMILIES[self.distribution]()
 
     @property
-    def n_samples(self) -> int:
-        return self.params.n_samples
-
-    @property
     def point(self) -> dict[str, object]:
         return {"distribution": self.distribution}
 

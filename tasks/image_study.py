@@ -68,10 +68,6 @@ class ImageStudy(SeedsAndGenerations):
     labels = {}
 
     @property
-    def n_samples(self) -> int:
-        return self.params.n_samples
-
-    @property
     def config(self) -> dict:
         settings = self.params.model_dump(exclude={"methods", "eval_samples", "fid_inception"})
         return {**settings, "classifier_md5": self.classifier_md5}

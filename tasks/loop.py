@@ -59,7 +59,11 @@ class Study(Protocol):
 
 
 class SeedsAndGenerations:
-    """`seeds` and `generations` of a study, read from its params section `self.params`."""
+    """`seeds`, `generations` and `n_samples` of a study, read from its params section `self.params`."""
+
+    @property
+    def n_samples(self) -> int:
+        return self.params.n_samples
 
     @property
     def seeds(self) -> int:
