@@ -8,6 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.sorting import FlowRunSort
 
 from flows.sweep import main, sweep_flow
 from tasks import storage
@@ -56,10 +59,9 @@ def _check_points(root: Path, slugs: list[str], uri: str) -> None:
 
 def test_thread_sweep_runs_every_point_and_resumes(tmp_path, prefect_api, mlflow_store):
     write_params(tmp_path, **TINY)
-    sweep = _sweep_file(tmp_path, {"method": ["mle", "ple"], "mode": ["replace", "accumulate"]})
+    sweep = _sweep_file(tmp_path, {"method": ["mle", "ple"], "mode": ["accumulate"]})
     slugs = sweep_flow(sweep_file=str(sweep), root=str(tmp_path))
-    assert slugs == ["method=mle,mode=replace", "method=mle,mode=accumulate", "method=ple,mode=replace",
-                     "method=ple,mode=accumulate"]
+    assert slugs == ["method=mle,mode=accumulate", "method=ple,mode=accumulate"]
     _check_points(tmp_path, slugs, mlflow_store)
     for slug in slugs:
         params = yaml.safe_load((tmp_path / "sweeps/tiny" / slug / "params.yaml").read_text())
@@ -87,6 +89,11 @@ def test_dask_sweep_2x2_on_two_processes(tmp_path, prefect_api, monkeypatch):
     first, other = (storage.md5(tmp_path / "sweeps/tiny" / slug / "data/generations/gaussian/mle/gen_002.parquet")
                     for slug in slugs[:2])
     assert first != other  # the overrides reached the study
+    with get_client(sync_client=True) as client:  # the workers reported to the session's one server
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["gaussian"])),
+                                     sort=FlowRunSort.START_TIME_DESC, limit=200)
+    roots = {Path(run.parameters["root"]) for run in runs}
+    assert {tmp_path.resolve() / "sweeps/tiny" / slug for slug in slugs} <= roots
 
 
 @pytest.mark.parametrize("grid, message", [
