@@ -100,7 +100,7 @@ def test_dask_sweep_2x2_on_two_processes(tmp_path, prefect_api, monkeypatch):
     ({"sampling_bias": [1.0, 1.5]}, "point sampling_bias=1.5: loop.sampling_bias = 1.5"),
     ({"seeds": [0, 1]}, "grid.seeds: Extra inputs are not permitted"),
     ({"lam": [0.1]}, "grid.lam: the gaussian study has no ple.lam"),
-    ({"method": ["hyper_mle"]}, "point method=hyper_mle: gaussian.methods.0 = 'hyper_mle': Input should be 'mle' or 'ple'"),
+    ({"method": ["hyper_mle"]}, "point method=hyper_mle: gaussian.methods.0 = 'hyper_mle': Input should be"),
     ({}, "grid has no axis"),
 ])
 def test_bad_sweep_file_is_one_line_and_writes_nothing(tmp_path, capsys, grid, message):
