@@ -105,7 +105,8 @@ def load_sweep(path: str | Path, root: str | Path = ".") -> Sweep:
     try:
         spec = SweepFile.model_validate(raw)
     except ValidationError as exc:
-        raise SweepError(_one_line(exc.errors()[0], str(path), "see the example in tasks/sweep.py")) from None
+        raise SweepError(_one_line(exc.errors()[0], str(path), "keys: study, params, grid; grid axes: "
+                                   "seed, method, lam, mode, sampling_bias (example: tasks/sweep.py)")) from None
     axes = {axis: values for axis, values in spec.grid if values is not None}
     if not axes:
         raise SweepError(f"{path}: grid has no axis; list values under seed, method, lam, mode or sampling_bias")
