@@ -90,7 +90,7 @@ def sweep_flow(sweep_file: str = "sweeps/example.yaml", root: str = ".", runner:
     sweep = load_sweep(sweep_file, root)
     url = api_url(address if runner == "dask" else None)
     base = Path(root).resolve()
-    grid = {k: ",".join(str(p.coordinates[k]) for p in sweep.points) for k in sweep.points[0].coordinates}
+    grid = {axis: ",".join(map(str, values)) for axis, values in sweep.axes.items()}
     tracker = StudyTracker(sweep.study, base / ".mlflow", {"sweep_file": sweep_file, **grid}, {"sweep": sweep.name},
                            name=f"sweep {sweep.name} {time.strftime('%Y-%m-%d %H:%M:%S')}")
     ok = False

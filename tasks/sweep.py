@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tasks import storage
 from tasks.params import LoopMode, Method, Params, ParamsError, load_params
@@ -45,6 +45,13 @@ class Grid(BaseModel):
     lam: list[float] | None = Field(default=None, min_length=1, description="ple.lam of the study's section")
     mode: list[LoopMode] | None = Field(default=None, min_length=1, description="loop.mode")
     sampling_bias: list[float] | None = Field(default=None, min_length=1, description="loop.sampling_bias")
+
+    @field_validator("*")
+    @classmethod
+    def _unique(cls, values: list | None) -> list | None:
+        if values is not None and len(set(values)) != len(values):
+            raise ValueError("each value may appear only once (two points would share a folder)")
+        return values
 
 
 class SweepFile(BaseModel):
@@ -68,6 +75,7 @@ class Point:
 class Sweep:
     name: str
     study: str
+    axes: dict[str, list]
     points: list[Point]
 
     def folder(self, root: Path) -> Path:
@@ -130,7 +138,7 @@ def load_sweep(path: str | Path, root: str | Path = ".") -> Sweep:
         except ValidationError as exc:
             raise SweepError(_one_line(exc.errors()[0], f"{path}: point {slug}", "change that axis's values")) from None
         points.append(Point(coordinates, slug, params))
-    return Sweep(path.stem, spec.study, points)
+    return Sweep(path.stem, spec.study, axes, points)
 
 
 def write_point_params(folder: Path, point: Point) -> Path:

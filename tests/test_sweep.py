@@ -53,7 +53,7 @@ def _check_points(root: Path, slugs: list[str], uri: str) -> None:
         children = {r.data.tags["method"] for r in runs if r.data.tags["mlflow.parentRunId"] == parent.info.run_id}
         assert children == _methods(slug) and len(runs) == 1 + len(children)
         for axis, value in (part.split("=") for part in slug.split(",")):
-            assert all(r.data.tags[axis] == value for r in runs)
+            assert all(r.data.tags[axis] == value for r in runs) and value in sweep_run.data.params[axis].split(",")
         assert all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -99,6 +99,7 @@ def test_dask_sweep_2x2_on_two_processes(tmp_path, prefect_api, monkeypatch):
 @pytest.mark.parametrize("grid, message", [
     ({"sampling_bias": [1.0, 1.5]}, "point sampling_bias=1.5: loop.sampling_bias = 1.5"),
     ({"seeds": [0, 1]}, "grid.seeds: Extra inputs are not permitted"),
+    ({"seed": [0, 0]}, "grid.seed = [0, 0]: each value may appear only once"),
     ({"lam": [0.1]}, "grid.lam: the gaussian study has no ple.lam"),
     ({"method": ["hyper_mle"]}, "point method=hyper_mle: gaussian.methods.0 = 'hyper_mle': Input should be"),
     ({}, "grid has no axis"),
