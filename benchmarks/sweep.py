@@ -9,6 +9,7 @@ Prints, measured in this one run:
       generation from two runs of different length, so fixed costs (MLflow tables, figures) cancel;
   (c) `dvc repro gaussian` in a temporary git + DVC copy of the project (process and temporary
       Prefect server start, DVC hashing and caching included);
+  (a) to (b) and the sweeps share one temporary Prefect server, started before any measurement;
   each as seconds per generation and as a share of its wall time.
 
     python benchmarks/sweep.py [--seeds 100 --n 100 --generations 20]
@@ -33,7 +34,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)  # every run logs into its temporary
 from gaussian_vectorisation import compute_seconds, repro_seconds  # noqa: E402
 
 from flows.gaussian import gaussian_flow  # noqa: E402
-from flows.sweep import api_url, sweep_flow  # noqa: E402
+from flows.sweep import one_server, sweep_flow  # noqa: E402
 
 METHODS = 2  # mle and ple
 
@@ -82,8 +83,12 @@ def main() -> None:
     args = parser.parse_args()
     size = dict(seeds=args.seeds, n=args.n, generations=args.generations)
     short = {**size, "generations": max(1, args.generations // 4)}
-    api_url(None)  # start this process's temporary Prefect server now, outside every measurement
+    with one_server():  # started here, outside every measurement; (c) starts its own
+        measure(args, size, short)
 
+
+def measure(args: argparse.Namespace, size: dict, short: dict) -> None:
+    """Run every measurement and print the results."""
     serial = sweep_seconds(size, "threads", 1)
     dask = sweep_seconds(size, "dask", 2)
     print(f"Gaussian study, {args.seeds} seeds x {args.generations} generations x n={args.n}, mle + ple")
@@ -99,7 +104,7 @@ def main() -> None:
     repro = repro_seconds(**size)
     print(f"(a) compute only                  : {compute / (METHODS * args.generations) * 1000:8.1f} ms/generation")
     marginal = args.generations - short["generations"]
-    line(f"(b) Prefect flow, marginal", (flow_long - flow_short) / marginal * args.generations,
+    line("(b) Prefect flow, marginal", (flow_long - flow_short) / marginal * args.generations,
          (compute - compute_short) / marginal * args.generations, args.generations)
     line("(b) Prefect flow, whole run", flow_long, compute, args.generations)
     line("(c) dvc repro, whole run", repro, compute, args.generations)

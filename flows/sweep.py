@@ -10,16 +10,22 @@ root's `.mlflow/`): one sweep run in the study's experiment, each point's runs n
 and tagged `sweep`, `sweep_point` and with the point's coordinates.
 
 Dask workers report their task and flow runs to the Prefect API of the process that started the
-sweep: `PREFECT_API_URL`, or the temporary server this process started (local cluster only; an
-existing cluster on other hosts needs `PREFECT_API_URL` naming a server its workers can reach).
+sweep: `PREFECT_API_URL`, or one temporary server (local cluster only; an existing cluster on
+other hosts needs `PREFECT_API_URL` naming a server its workers can reach). From the command line
+that temporary server gets a database of its own: temporary servers otherwise share
+`~/.prefect/prefect.db` with every other run on the machine, and its SQLite lock turns concurrent
+writes into "503 Service Unavailable" once the client's retries run out.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -27,7 +33,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect.server.api.server import SubprocessASGIServer
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.cli import check_servers, report
@@ -50,13 +56,17 @@ def task_runner(runner: Runner, workers: int, address: str | None) -> TaskRunner
                                           "dashboard_address": None})
 
 
+def no_server_for(address: str) -> SweepError:
+    return SweepError(f"--address {address}: Dask workers on other hosts cannot reach a temporary Prefect server; "
+                      "start one (prefect server start --host 0.0.0.0) and set PREFECT_API_URL")
+
+
 def api_url(address: str | None) -> str:
     """The Prefect API every worker must use: PREFECT_API_URL, or this process's temporary server."""
     if url := PREFECT_API_URL.value():
         return url
     if address:
-        raise SweepError(f"--address {address}: Dask workers on other hosts cannot reach this process's temporary "
-                         "Prefect server; start one (prefect server start --host 0.0.0.0) and set PREFECT_API_URL")
+        raise no_server_for(address)
     server = SubprocessASGIServer()  # the one this flow already uses; start() is a no-op then
     server.start()
     return server.api_url
@@ -104,6 +114,25 @@ def sweep_flow(sweep_file: str = "sweeps/example.yaml", root: str = ".", runner:
         tracker.finish(tracker.parent_id, ok=ok)
 
 
+@contextlib.contextmanager
+def one_server(address: str | None = None) -> Iterator[None]:
+    """PREFECT_API_URL as it is, or else a temporary Prefect server with its own database for the duration
+    (not for workers of an existing Dask cluster at `address`, which could not reach it)."""
+    if PREFECT_API_URL.value():
+        yield
+        return
+    if address:
+        raise no_server_for(address)
+    with tempfile.TemporaryDirectory() as home, temporary_settings(updates={PREFECT_HOME: home}):
+        server = SubprocessASGIServer()
+        server.start()
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+                yield
+        finally:
+            server.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=sweep_flow.__doc__)
     parser.add_argument("sweep_file", help="the sweep file, e.g. sweeps/example.yaml")
@@ -116,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> None:
         load_sweep(args.sweep_file, args.root)
         check_servers()
-        sweep_flow(sweep_file=args.sweep_file, root=args.root, runner=args.runner, workers=args.workers,
-                   address=args.address)
+        with one_server(args.address if args.runner == "dask" else None):
+            sweep_flow(sweep_file=args.sweep_file, root=args.root, runner=args.runner, workers=args.workers,
+                       address=args.address)
 
     return report(run)
 
