@@ -41,6 +41,7 @@ from tasks.sweep import Point, SweepError, load_sweep, write_point_params
 from tasks.tracking import StudyTracker, SweepPoint, sweep_point
 
 Runner = Literal["threads", "dask"]
+SERVER_START_SECONDS = 120  # a new server database is migrated first: 20 s and more on a busy machine
 
 
 def task_runner(runner: Runner, workers: int, address: str | None) -> TaskRunner:
@@ -125,8 +126,8 @@ def one_server(address: str | None = None) -> Iterator[None]:
         raise no_server_for(address)
     with tempfile.TemporaryDirectory() as home, temporary_settings(updates={PREFECT_HOME: home}):
         server = SubprocessASGIServer()
-        server.start()
         try:
+            server.start(timeout=SERVER_START_SECONDS)
             with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
                 yield
         finally:
