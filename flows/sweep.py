@@ -12,9 +12,9 @@ and tagged `sweep`, `sweep_point` and with the point's coordinates.
 Dask workers report their task and flow runs to the Prefect API of the process that started the
 sweep: `PREFECT_API_URL`, or one temporary server (local cluster only; an existing cluster on
 other hosts needs `PREFECT_API_URL` naming a server its workers can reach). From the command line
-that temporary server gets a database of its own: temporary servers otherwise share
-`~/.prefect/prefect.db` with every other run on the machine, and its SQLite lock turns concurrent
-writes into "503 Service Unavailable" once the client's retries run out.
+that temporary server gets a database of its own (temporary servers otherwise share
+`~/.prefect/prefect.db` with every other run on the machine). A SQLite-backed server answers
+"503 Service Unavailable" while its database is locked, so the sweep's runs retry longer.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect.server.api.server import SubprocessASGIServer
-from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, PREFECT_HOME, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.cli import check_servers, report
@@ -42,6 +42,10 @@ from tasks.tracking import StudyTracker, SweepPoint, sweep_point
 
 Runner = Literal["threads", "dask"]
 SERVER_START_SECONDS = 120  # a new server database is migrated first: 20 s and more on a busy machine
+# A SQLite-backed Prefect server answers 503 while its database is locked; with two or more workers
+# writing task runs on a busy machine that outlasted the default 5 retries (about 1 min of back-off).
+# The settings travel with every task to the workers; 8 retries back off for up to about 8 min.
+CLIENT_RETRIES = 8
 
 
 def task_runner(runner: Runner, workers: int, address: str | None) -> TaskRunner:
@@ -106,7 +110,8 @@ def sweep_flow(sweep_file: str = "sweeps/example.yaml", root: str = ".", runner:
                            name=f"sweep {sweep.name} {time.strftime('%Y-%m-%d %H:%M:%S')}")
     ok = False
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        retries = max(PREFECT_CLIENT_MAX_RETRIES.value(), CLIENT_RETRIES)
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_CLIENT_MAX_RETRIES: retries}):
             points = run_points.with_options(task_runner=task_runner(runner, workers, address))
             slugs = points(sweep.name, sweep.study, sweep.points, sweep.folder(base), tracker)
         ok = True

@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.client.schemas.sorting import FlowRunSort
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.sweep import main, sweep_flow
 from tasks import storage
@@ -111,3 +112,13 @@ def test_bad_sweep_file_is_one_line_and_writes_nothing(tmp_path, capsys, grid, m
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["params.yaml", "sweeps", "tiny.yaml"]
+
+
+def test_existing_dask_cluster_without_prefect_server_is_one_line(tmp_path, capsys):
+    write_params(tmp_path, **TINY)
+    sweep = _sweep_file(tmp_path, {"seed": [0, 1]})
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert main([str(sweep), "--root", str(tmp_path), "--runner", "dask", "--address", "tcp://10.0.0.9:8786"]) == 2
+    err = capsys.readouterr().err
+    assert "--address tcp://10.0.0.9:8786: Dask workers on other hosts cannot reach" in err and err.count("\n") == 1
+    assert not (tmp_path / "sweeps/tiny").exists()
