@@ -99,7 +99,7 @@ def run_points(name: str, study: str, points: list[Point], folder: Path, tracker
 
 
 @flow(name="sweep", flow_run_name="{sweep_file}", log_prints=True)
-def sweep_flow(sweep_file: str = "sweeps/example.yaml", root: str = ".", runner: Runner = "threads",
+def sweep_flow(sweep_file: str = "sweeps/gaussian_bias.yaml", root: str = ".", runner: Runner = "threads",
                workers: int = 2, address: str | None = None) -> list[str]:
     """Run the sweep file's study at every point of its grid; return the points' folder names."""
     sweep = load_sweep(sweep_file, root)
@@ -141,7 +141,7 @@ def one_server(address: str | None = None) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=sweep_flow.__doc__)
-    parser.add_argument("sweep_file", help="the sweep file, e.g. sweeps/example.yaml")
+    parser.add_argument("sweep_file", help="the sweep file, e.g. sweeps/gaussian_bias.yaml")
     parser.add_argument("--root", default=".", help="the repository root (default: .)")
     parser.add_argument("--runner", choices=["threads", "dask"], default="threads")
     parser.add_argument("--workers", type=int, default=2, help="threads, or local Dask worker processes")
