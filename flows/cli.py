@@ -58,13 +58,22 @@ def main(flow_fn: Callable[..., object], argv: list[str] | None = None, studies:
     if studies:
         parser.add_argument("study", nargs="?", default=studies[0], choices=studies)
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         load_params(args.params)
         check_servers()
         kwargs = {"params_file": args.params, **({"study": args.study} if studies else {})}
         if preflight:
             preflight(**kwargs)
         flow_fn(**kwargs)
+
+    return report(run)
+
+
+def report(run: Callable[[], object]) -> int:
+    """Exit code of `run()`: 0, or 2 after one line on stderr for an error the user can fix."""
+    try:
+        run()
     except (ParamsError, CorruptDataError, InputUnavailableError, LockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

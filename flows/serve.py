@@ -19,7 +19,8 @@ from prefect.deployments.runner import RunnerDeployment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 FLOWS = {"gaussian": "gaussian_flow", "gmm": "gmm_flow", "gmm_lambda": "gmm_lambda_flow", "grid": "grid_flow",
-         "images": "images_flow", "classifier": "classifier_flow"}  # module of flows/ -> its flow
+         "images": "images_flow", "classifier": "classifier_flow",
+         "sweep": "sweep_flow"}  # module of flows/ -> its flow
 
 
 class Deployment(BaseModel):

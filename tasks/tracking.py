@@ -1,17 +1,23 @@
 """MLflow tracking: one experiment per study, a parent run per execution, a child run per method.
 
 The tracking URI is `MLFLOW_TRACKING_URI` when set, else a SQLite file in the repository
-(`.mlflow/mlflow.db`, artifacts in `.mlflow/artifacts`). Metrics are the seed statistics of
+(`.mlflow/mlflow.db`, artifacts in `.mlflow/artifacts`). A study run as one point of a sweep
+(`sweep_point`) logs into the sweep's store instead, its parent run nested under the sweep's run
+and tagged with the point. Metrics are the seed statistics of
 `tasks.tables` (`sigma_hat_mean`, `sigma_hat_se`, ...) logged with step = generation, and each
 generation's dataset is an MLflow dataset input whose digest is the md5 DVC records for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 import warnings
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow.data
@@ -22,8 +28,42 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunS
 CHILD_TAGS = ("method", "experiment", "loop_mode")
 
 
-def tracking_uri(mlflow_dir: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(mlflow_dir / 'mlflow.db').resolve()}"
+@dataclass(frozen=True)
+class Store:
+    """A tracking store: its URI and where new experiments keep artifacts (None: the server decides)."""
+
+    uri: str
+    artifacts: str | None
+
+    @classmethod
+    def of(cls, mlflow_dir: Path) -> Store:
+        """`MLFLOW_TRACKING_URI`, else SQLite and artifacts in `mlflow_dir` (created)."""
+        if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+            return cls(uri, None)
+        mlflow_dir.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{(mlflow_dir / 'mlflow.db').resolve()}", (mlflow_dir / "artifacts").resolve().as_uri())
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """What a study run as one point of a sweep logs under: the sweep's store, run and tags."""
+
+    store: Store
+    parent_id: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+_SWEEP_POINT: ContextVar[SweepPoint | None] = ContextVar("sweep_point", default=None)
+
+
+@contextlib.contextmanager
+def sweep_point(point: SweepPoint) -> Iterator[None]:
+    """Studies started in this context (this thread) log as `point` of a sweep."""
+    token = _SWEEP_POINT.set(point)
+    try:
+        yield
+    finally:
+        _SWEEP_POINT.reset(token)
 
 
 def dataset_entity(path: Path, md5: str) -> Dataset:
@@ -41,23 +81,25 @@ def dataset_entity(path: Path, md5: str) -> Dataset:
 
 
 class StudyTracker:
-    """A parent run for one execution of a study, with a child run per method."""
+    """A parent run for one execution of a study, with a child run per method.
 
-    def __init__(self, experiment: str, mlflow_dir: Path, params: dict[str, object], tags: dict[str, str]):
-        uri, local = tracking_uri(mlflow_dir), "MLFLOW_TRACKING_URI" not in os.environ
-        if local:
-            mlflow_dir.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(uri)
+    Inside `sweep_point` the parent run is itself a child of the sweep's run, in the sweep's store."""
+
+    def __init__(self, experiment: str, mlflow_dir: Path, params: dict[str, object], tags: dict[str, str],
+                 name: str | None = None):
+        point = _SWEEP_POINT.get()
+        self.store = point.store if point else Store.of(mlflow_dir)
+        self.client = MlflowClient(self.store.uri)
         self.params = [Param(key, str(value)) for key, value in params.items()]
-        self.tags = {"experiment": experiment, **tags}
+        self.tags = {"experiment": experiment, **tags, **(point.tags if point else {})}
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
-            location = (mlflow_dir / "artifacts").resolve().as_uri() if local else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=self.store.artifacts)
         else:
             self.experiment_id = found.experiment_id
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        self.parent_id = self._run(f"{experiment} {stamp}", self.tags)
+        nested = {"mlflow.parentRunId": point.parent_id} if point else {}
+        self.parent_id = self._run(name or f"{experiment} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                                   {**self.tags, **nested})
 
     def _run(self, name: str, tags: dict[str, str]) -> str:
         run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id

@@ -1,0 +1,162 @@
+"""A sweep: one study fanned out over a grid of params overrides (`tasks.sweep`), one task per point.
+
+    python -m flows.sweep sweeps/seeds_bias.yaml                        threads in this process
+    python -m flows.sweep sweeps/seeds_bias.yaml --runner dask --workers 2   a local Dask cluster
+    python -m flows.sweep sweeps/seeds_bias.yaml --runner dask --address tcp://host:8786
+
+Every point runs the study flow with its own root (`sweeps/<name>/<point>/`), so it resumes like
+the study does. All points log into one MLflow store (`MLFLOW_TRACKING_URI`, else the sweep
+root's `.mlflow/`): one sweep run in the study's experiment, each point's runs nested under it
+and tagged `sweep`, `sweep_point` and with the point's coordinates.
+
+Dask workers report their task and flow runs to the Prefect API of the process that started the
+sweep: `PREFECT_API_URL`, or one temporary server (local cluster only; an existing cluster on
+other hosts needs `PREFECT_API_URL` naming a server its workers can reach). From the command line
+that temporary server gets a database of its own (temporary servers otherwise share
+`~/.prefect/prefect.db` with every other run on the machine). A SQLite-backed server answers
+"503 Service Unavailable" while its database is locked, so the sweep's runs retry longer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
+from prefect.server.api.server import SubprocessASGIServer
+from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, PREFECT_HOME, temporary_settings
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from flows.cli import check_servers, report
+from tasks.sweep import Point, SweepError, load_sweep, write_point_params
+from tasks.tracking import StudyTracker, SweepPoint, sweep_point
+
+Runner = Literal["threads", "dask"]
+SERVER_START_SECONDS = 120  # a new server database is migrated first: 20 s and more on a busy machine
+# A SQLite-backed Prefect server answers 503 while its database is locked; with two or more workers
+# writing task runs on a busy machine that outlasted the default 5 retries (about 1 min of back-off).
+# The settings travel with every task to the workers; 8 retries back off for up to about 8 min.
+CLIENT_RETRIES = 8
+
+
+def task_runner(runner: Runner, workers: int, address: str | None) -> TaskRunner:
+    """Threads in this process, a local Dask cluster of `workers` single-threaded processes, or the
+    Dask scheduler at `address`."""
+    if runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None})
+
+
+def no_server_for(address: str) -> SweepError:
+    return SweepError(f"--address {address}: Dask workers on other hosts cannot reach a temporary Prefect server; "
+                      "start one (prefect server start --host 0.0.0.0) and set PREFECT_API_URL")
+
+
+def api_url(address: str | None) -> str:
+    """The Prefect API every worker must use: PREFECT_API_URL, or this process's temporary server."""
+    if url := PREFECT_API_URL.value():
+        return url
+    if address:
+        raise no_server_for(address)
+    server = SubprocessASGIServer()  # the one this flow already uses; start() is a no-op then
+    server.start()
+    return server.api_url
+
+
+@task(name="sweep-point", task_run_name="{point.slug}", cache_policy=NO_CACHE)
+def run_point(study: str, point: Point, folder: Path, tracking: SweepPoint) -> str:
+    """Write the point's params into its folder and run (or resume) the study there."""
+    study_flow = getattr(importlib.import_module(f"flows.{study}"), f"{study}_flow")
+    params_file = write_point_params(folder, point)
+    with sweep_point(tracking):
+        study_flow(params_file=str(params_file), root=str(folder))
+    return point.slug
+
+
+@flow(name="sweep-points", flow_run_name="{name}", validate_parameters=False)
+def run_points(name: str, study: str, points: list[Point], folder: Path, tracker: StudyTracker) -> list[str]:
+    """One task per point on the flow's task runner; raises the first point's error after all finished."""
+    futures = [run_point.submit(study, point, folder / point.slug, SweepPoint(
+        tracker.store, tracker.parent_id,
+        {"sweep": name, "sweep_point": point.slug, **{k: str(v) for k, v in point.coordinates.items()}}))
+        for point in points]
+    wait(futures)
+    return [future.result() for future in futures]
+
+
+@flow(name="sweep", flow_run_name="{sweep_file}", log_prints=True)
+def sweep_flow(sweep_file: str = "sweeps/gaussian_bias.yaml", root: str = ".", runner: Runner = "threads",
+               workers: int = 2, address: str | None = None) -> list[str]:
+    """Run the sweep file's study at every point of its grid; return the points' folder names."""
+    sweep = load_sweep(sweep_file, root)
+    url = api_url(address if runner == "dask" else None)
+    base = Path(root).resolve()
+    grid = {axis: ",".join(map(str, values)) for axis, values in sweep.axes.items()}
+    tracker = StudyTracker(sweep.study, base / ".mlflow", {"sweep_file": sweep_file, **grid}, {"sweep": sweep.name},
+                           name=f"sweep {sweep.name} {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    ok = False
+    try:
+        retries = max(PREFECT_CLIENT_MAX_RETRIES.value(), CLIENT_RETRIES)
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_CLIENT_MAX_RETRIES: retries}):
+            points = run_points.with_options(task_runner=task_runner(runner, workers, address))
+            slugs = points(sweep.name, sweep.study, sweep.points, sweep.folder(base), tracker)
+        ok = True
+        return slugs
+    finally:
+        tracker.finish(tracker.parent_id, ok=ok)
+
+
+@contextlib.contextmanager
+def one_server(address: str | None = None) -> Iterator[None]:
+    """PREFECT_API_URL as it is, or else a temporary Prefect server with its own database for the duration
+    (not for workers of an existing Dask cluster at `address`, which could not reach it)."""
+    if PREFECT_API_URL.value():
+        yield
+        return
+    if address:
+        raise no_server_for(address)
+    with tempfile.TemporaryDirectory() as home, temporary_settings(updates={PREFECT_HOME: home}):
+        server = SubprocessASGIServer()
+        try:
+            server.start(timeout=SERVER_START_SECONDS)
+            with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+                yield
+        finally:
+            server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=sweep_flow.__doc__)
+    parser.add_argument("sweep_file", help="the sweep file, e.g. sweeps/gaussian_bias.yaml")
+    parser.add_argument("--root", default=".", help="the repository root (default: .)")
+    parser.add_argument("--runner", choices=["threads", "dask"], default="threads")
+    parser.add_argument("--workers", type=int, default=2, help="threads, or local Dask worker processes")
+    parser.add_argument("--address", help="with --runner dask: an existing Dask scheduler, e.g. tcp://host:8786")
+    args = parser.parse_args(argv)
+
+    def run() -> None:
+        load_sweep(args.sweep_file, args.root)
+        check_servers()
+        with one_server(args.address if args.runner == "dask" else None):
+            sweep_flow(sweep_file=args.sweep_file, root=args.root, runner=args.runner, workers=args.workers,
+                       address=args.address)
+
+    return report(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

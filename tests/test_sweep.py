@@ -1,0 +1,124 @@
+"""Sweeps for real: the Prefect test server, MLflow on SQLite, threads and a 2-process Dask cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows.sweep import main, sweep_flow
+from tasks import storage
+
+from conftest import write_params
+
+TINY = dict(gaussian={"n_samples": 6, "generations": 3, "seeds": 4})
+
+
+def _sweep_file(root: Path, grid: dict, study: str = "gaussian") -> Path:
+    path = root / "sweeps" / "tiny.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"study": study, "params": "params.yaml", "grid": grid}))
+    return path
+
+
+def _methods(slug: str) -> set[str]:
+    """The methods a point runs: its `method` coordinate, else both of the gaussian study."""
+    return {part.split("=")[1] for part in slug.split(",") if part.startswith("method=")} or {"mle", "ple"}
+
+
+def _check_points(root: Path, slugs: list[str], uri: str) -> None:
+    """Every point has its params, generations and metrics in its own folder, and its MLflow runs."""
+    for slug in slugs:
+        folder, methods = root / "sweeps" / "tiny" / slug, _methods(slug)
+        assert (folder / "params.yaml").exists()
+        assert {p.name for p in (folder / "data/generations/gaussian").iterdir()} == methods
+        for method in methods:
+            generations = sorted(p.name for p in (folder / "data/generations/gaussian" / method).glob("*.parquet"))
+            assert generations == ["gen_000.parquet", "gen_001.parquet", "gen_002.parquet"]
+        tidy = pd.read_csv(folder / "metrics/gaussian/per_generation.csv")
+        assert set(tidy.method) == methods and set(tidy.generation) == {0, 1, 2}
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("gaussian").experiment_id
+    (sweep_run,) = client.search_runs([experiment], "tags.sweep = 'tiny' and attributes.run_name LIKE 'sweep %'")
+    assert sweep_run.info.status == "FINISHED"
+    for slug in slugs:
+        runs = client.search_runs([experiment], f"tags.sweep = 'tiny' and tags.sweep_point = '{slug}'")
+        (parent,) = [r for r in runs if r.data.tags["mlflow.parentRunId"] == sweep_run.info.run_id]
+        children = {r.data.tags["method"] for r in runs if r.data.tags["mlflow.parentRunId"] == parent.info.run_id}
+        assert children == _methods(slug) and len(runs) == 1 + len(children)
+        for axis, value in (part.split("=") for part in slug.split(",")):
+            assert all(r.data.tags[axis] == value for r in runs) and value in sweep_run.data.params[axis].split(",")
+        assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_thread_sweep_runs_every_point_and_resumes(tmp_path, prefect_api, mlflow_store):
+    write_params(tmp_path, **TINY)
+    sweep = _sweep_file(tmp_path, {"method": ["mle", "ple"], "mode": ["accumulate"]})
+    slugs = sweep_flow(sweep_file=str(sweep), root=str(tmp_path))
+    assert slugs == ["method=mle,mode=accumulate", "method=ple,mode=accumulate"]
+    _check_points(tmp_path, slugs, mlflow_store)
+    for slug in slugs:
+        params = yaml.safe_load((tmp_path / "sweeps/tiny" / slug / "params.yaml").read_text())
+        method, mode = (part.split("=")[1] for part in slug.split(","))
+        assert params["gaussian"]["methods"] == [method] and params["loop"]["mode"] == mode
+
+    kept = sorted((tmp_path / "sweeps/tiny").rglob("*.parquet"))
+    stamps = [path.stat().st_mtime_ns for path in kept]
+    victim = tmp_path / "sweeps/tiny" / slugs[-1] / "data/generations/gaussian/ple/gen_002.json"
+    victim.unlink()  # a point killed in its last generation
+    assert sweep_flow(sweep_file=str(sweep), root=str(tmp_path)) == slugs
+    assert [path.stat().st_mtime_ns for path in kept] == stamps  # resumed, nothing recomputed
+    assert victim.exists()
+
+
+@pytest.mark.slow
+def test_dask_sweep_2x2_on_two_processes(tmp_path, prefect_api, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the default store: the sweep root's .mlflow
+    write_params(tmp_path, **TINY)
+    sweep = _sweep_file(tmp_path, {"seed": [0, 1], "sampling_bias": [1.0, 0.5]})
+    monkeypatch.chdir(tmp_path)
+    assert main([str(sweep), "--runner", "dask", "--workers", "2"]) == 0
+    slugs = [f"seed={s},sampling_bias={b}" for s in (0, 1) for b in (1.0, 0.5)]
+    _check_points(tmp_path, slugs, f"sqlite:///{tmp_path / '.mlflow/mlflow.db'}")
+    first, other = (storage.md5(tmp_path / "sweeps/tiny" / slug / "data/generations/gaussian/mle/gen_002.parquet")
+                    for slug in slugs[:2])
+    assert first != other  # the overrides reached the study
+    with get_client(sync_client=True) as client:  # the workers reported to the session's one server
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["gaussian"])),
+                                     sort=FlowRunSort.START_TIME_DESC, limit=200)
+    roots = {Path(run.parameters["root"]) for run in runs}
+    assert {tmp_path.resolve() / "sweeps/tiny" / slug for slug in slugs} <= roots
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({"sampling_bias": [1.0, 1.5]}, "point sampling_bias=1.5: loop.sampling_bias = 1.5"),
+    ({"seeds": [0, 1]}, "grid.seeds: Extra inputs are not permitted"),
+    ({"seed": [0, 0]}, "grid.seed = [0, 0]: each value may appear only once"),
+    ({"lam": [0.1]}, "grid.lam: the gaussian study has no ple.lam"),
+    ({"method": ["hyper_mle"]}, "point method=hyper_mle: gaussian.methods.0 = 'hyper_mle': Input should be"),
+    ({}, "grid has no axis"),
+])
+def test_bad_sweep_file_is_one_line_and_writes_nothing(tmp_path, capsys, grid, message):
+    write_params(tmp_path, **TINY)
+    sweep = _sweep_file(tmp_path, grid)
+    assert main([str(sweep), "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["params.yaml", "sweeps", "tiny.yaml"]
+
+
+def test_existing_dask_cluster_without_prefect_server_is_one_line(tmp_path, capsys):
+    write_params(tmp_path, **TINY)
+    sweep = _sweep_file(tmp_path, {"seed": [0, 1]})
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert main([str(sweep), "--root", str(tmp_path), "--runner", "dask", "--address", "tcp://10.0.0.9:8786"]) == 2
+    err = capsys.readouterr().err
+    assert "--address tcp://10.0.0.9:8786: Dask workers on other hosts cannot reach" in err and err.count("\n") == 1
+    assert not (tmp_path / "sweeps/tiny").exists()
