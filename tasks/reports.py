@@ -105,10 +105,10 @@ def cell(mean: float, se: float) -> str:
     return "" if pd.isna(mean) else f"{mean:.4g}" if pd.isna(se) else f"{mean:.4g} ± {se:.4g}"
 
 
-def markdown(curve_table: pd.DataFrame, grid: list[str], metrics: list[str], title: str) -> str:
+def markdown(curve_table: pd.DataFrame, grid: list[str], metrics: list[str], title: list[str]) -> str:
     """A section per metric: a row per grid point and generation, a column per method, 'mean ± se'."""
     methods = sorted(curve_table["method"].unique())
-    lines = [f"# {title}", ""]
+    lines = [f"# {title[0]}", "", title[1], ""]
     for metric in metrics:
         lines += [f"## {metric}", "", "| " + " | ".join([*grid, "generation", *methods]) + " |",
                   "|" + "---|" * (len(grid) + 1 + len(methods))]
@@ -122,7 +122,7 @@ def markdown(curve_table: pd.DataFrame, grid: list[str], metrics: list[str], tit
 
 
 def comparison_figure(curve_table: pd.DataFrame, grid: list[str], metrics: list[str], path: Path,
-                      title: str) -> Path:
+                      title: list[str]) -> Path:
     """A row of panels per grid point, one per metric present there: mean ± SE band and median per method."""
     points = list(curve_table.groupby(grid, sort=True)) if grid else [((), curve_table)]
     panels = [[m for m in metrics if rows[f"{m}_mean"].notna().any()] for _, rows in points]
@@ -136,7 +136,7 @@ def comparison_figure(curve_table: pd.DataFrame, grid: list[str], metrics: list[
                 continue
             draw_metric(ax, rows, names[column], legend=row == column == 0)
             ax.set_title(f"{label}: {names[column]}" if label else names[column], fontsize=9)
-    fig.suptitle(title)
+    fig.suptitle("\n".join(title), fontsize=10)
     return save(fig, path)
 
 
@@ -148,8 +148,8 @@ def write_report(client: MlflowClient, study: str, out: Path) -> list[Path]:
     tidy = seed_values(client, execution, patterns)
     curve_table, metrics = tables.curves(tidy, grid), metric_order(tidy, patterns)
     seeds = ", ".join(f"{method} {count}" for method, count in tidy.groupby("method")["seed"].nunique().items())
-    title = (f"{study}, run {execution.info.run_name} ({execution.data.tags['loop_mode']} loop): "
-             f"mean ± standard error across seeds ({seeds})")
+    title = [f"{study}: run {execution.info.run_name}, {execution.data.tags['loop_mode']} loop",
+             f"mean ± standard error across seeds ({seeds})"]
     table = out / study / "table.md"
     storage.write_text(table, markdown(curve_table, grid, metrics, title) + "\n")
     figure = comparison_figure(curve_table, grid, metrics, out / study / "comparison.png", title)
