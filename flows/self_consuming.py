@@ -1,10 +1,11 @@
 """The self-consuming loop as Prefect flows, shared by every study.
 
-`run_study` opens an MLflow parent run, runs `method_loop` (a subflow) for each method and logs
-a nested MLflow run per seed under the method's run, then publishes the tidy table, the curves,
-the DVC summary and the figure. `method_loop` chains the tasks of `tasks.steps` generation by
-generation and resumes at the first generation without a record, after checking the md5 of
-every stored dataset it relies on."""
+`run_study` opens an MLflow parent run, runs `method_loop` (a subflow) for each method and has
+a nested MLflow run per seed logged under the method's run in the background, then publishes the
+tidy table, the curves, the DVC summary and the figure. `method_loop` chains the tasks of
+`tasks.steps` generation by generation and resumes at the first generation without a record,
+after checking the md5 of every stored dataset it relies on.
+"""
 
 from __future__ import annotations
 
@@ -161,11 +162,11 @@ def _run_locked(studies: list[Study], params: Params, root: Path, figures: Figur
                 run_id = tracker.start_method(method, study.point, study.labels)
                 try:
                     records = method_loop(study, params, experiment, method, name, folder, tracker, run_id)
-                    steps.log_seeds(tracker, run_id, records, method)
                 except BaseException:
                     tracker.finish(run_id, ok=False)
                     raise
                 tracker.finish(run_id)
+                tracker.log_seeds(run_id, records)
                 frames += [tables.tidy_rows(experiment, method, r["generation"], r["metrics"]).assign(
                     **study.point, **study.labels) for r in records]
         tidy = pd.concat(frames, ignore_index=True)
@@ -173,7 +174,7 @@ def _run_locked(studies: list[Study], params: Params, root: Path, figures: Figur
         ok = True
         return tidy
     finally:
-        tracker.finish(tracker.parent_id, ok=ok)
+        tracker.close(ok)
 
 
 def publish(tidy: pd.DataFrame, paths: StudyPaths, tracker: StudyTracker, figures: Figures,

@@ -83,11 +83,3 @@ def log_training(tracker: StudyTracker, run_id: str, curves: dict[str, list[floa
     """Send the training curves of generation g's fit (e.g. fit and penalty terms) to MLflow."""
     tracker.log_training(run_id, generation, curves)
 
-
-@task(name="log-seeds", task_run_name="log seeds {method}", cache_policy=NO_CACHE)
-def log_seeds(tracker: StudyTracker, run_id: str, records: list[dict], method: str) -> None:
-    """Send every seed's metrics of every generation to MLflow as nested runs of the method's run.
-
-    No task retries: a retry would create a second run for seeds already logged (the MLflow
-    client retries each failed request itself)."""
-    tracker.log_seeds(run_id, records)

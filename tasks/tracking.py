@@ -20,6 +20,7 @@ import json
 import os
 import time
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow.data
@@ -59,6 +60,8 @@ class StudyTracker:
         self.params = [Param(key, str(value)) for key, value in params.items()]
         self.tags = {"experiment": experiment, **tags}
         self.methods: dict[str, tuple[str, dict[str, str]]] = {}  # method run id -> (name, tags)
+        self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-seeds")
+        self.pending: list[Future] = []
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             location = (mlflow_dir / "artifacts").resolve().as_uri() if local else None
@@ -95,7 +98,11 @@ class StudyTracker:
     def log_seeds(self, run_id: str, records: list[dict]) -> None:
         """A finished run per seed nested under the method run `run_id`, with that seed's value of
         every metric of every generation in `records` (step = generation; NaN left out, as in the
-        seed statistics). Logged once the method's loop is done: 3 calls per seed, not per generation."""
+        seed statistics). 3 requests per seed, sent by a background thread while the study goes on
+        (`close` waits for them)."""
+        self.pending.append(self.background.submit(self._log_seeds, run_id, records))
+
+    def _log_seeds(self, run_id: str, records: list[dict]) -> None:
         name, tags = self.methods[run_id]
         now = int(time.time() * 1000)
         for seed in range(len(next(iter(records[0]["metrics"].values())))):
@@ -114,6 +121,15 @@ class StudyTracker:
 
     def log_artifact(self, path: Path) -> None:
         self.client.log_artifact(self.parent_id, str(path))
+
+    def close(self, ok: bool) -> None:
+        """Wait for the seed runs still being logged, then finish the parent run; failed seed
+        logging fails the parent and is raised (unless the study itself already failed)."""
+        self.background.shutdown(wait=True)
+        errors = [future.exception() for future in self.pending if future.exception() is not None]
+        self.finish(self.parent_id, ok=ok and not errors)
+        if ok and errors:
+            raise errors[0]
 
     def finish(self, run_id: str, ok: bool = True) -> None:
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
