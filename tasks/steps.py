@@ -82,4 +82,3 @@ def log_training(tracker: StudyTracker, run_id: str, curves: dict[str, list[floa
                  generation: int) -> None:
     """Send the training curves of generation g's fit (e.g. fit and penalty terms) to MLflow."""
     tracker.log_training(run_id, generation, curves)
-
