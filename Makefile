@@ -5,7 +5,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: run test bench serve ui
+.PHONY: run test bench serve ui report
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,3 +41,7 @@ serve: $(VENV)/.installed
 MLFLOW_PORT ?= 5000
 ui: $(VENV)/.installed
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.mlflow/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# reports/<study>/comparison.png and table.md for each default study, read from its latest run in MLflow.
+report: $(VENV)/.installed
+	for study in $(STUDIES); do python -m flows.report $$study || exit 1; done

@@ -39,10 +39,15 @@ def check_server(name: str, url: str | None, fix: str) -> None:
         raise InputUnavailableError(f"{name} at {url} is unreachable ({exc.strerror or exc}); {fix}") from None
 
 
+def check_mlflow_server() -> None:
+    """The MLflow tracking server of MLFLOW_TRACKING_URI, when it names one."""
+    check_server("the MLflow tracking server", os.environ.get("MLFLOW_TRACKING_URI"),
+                 "start it, or unset MLFLOW_TRACKING_URI to use the local .mlflow store")
+
+
 def check_servers() -> None:
     """The MLflow tracking server and the Prefect API the run would use, when they are servers."""
-    check_server("the MLflow tracking server", os.environ.get("MLFLOW_TRACKING_URI"),
-                 "start it, or unset MLFLOW_TRACKING_URI to log to the local .mlflow store")
+    check_mlflow_server()
     check_server("the Prefect API", PREFECT_API_URL.value(),
                  "start it (prefect server start), or unset PREFECT_API_URL to use a temporary server")
 

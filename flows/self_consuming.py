@@ -1,9 +1,10 @@
 """The self-consuming loop as Prefect flows, shared by every study.
 
-`run_study` opens an MLflow parent run, runs `method_loop` (a subflow) for each method, then
-publishes the tidy table, the curves, the DVC summary and the figure. `method_loop` chains the
-tasks of `tasks.steps` generation by generation and resumes at the first generation without a
-record, after checking the md5 of every stored dataset it relies on.
+`run_study` opens an MLflow parent run, runs `method_loop` (a subflow) for each method and has
+a nested MLflow run per seed logged under the method's run in the background, then publishes the
+tidy table, the curves, the DVC summary and the figure. `method_loop` chains the tasks of
+`tasks.steps` generation by generation and resumes at the first generation without a record,
+after checking the md5 of every stored dataset it relies on.
 """
 
 from __future__ import annotations
@@ -131,11 +132,6 @@ def _stats(metrics: dict[str, np.ndarray | list[float]]) -> dict[str, float]:
             for k, v in tables.seed_stats(values).items() if v == v}
 
 
-def point_name(point: dict[str, object]) -> str:
-    """'weight=0.95,n_samples=50' for a grid point; '' for a study without a grid."""
-    return ",".join(f"{key}={value}" for key, value in point.items())
-
-
 Figures = Callable[[pd.DataFrame, pd.DataFrame, StudyPaths], list[Path]]  # (tidy, curves, paths)
 
 
@@ -154,22 +150,23 @@ def run_study(studies: list[Study], params: Params, root: Path, figures: Figures
 def _run_locked(studies: list[Study], params: Params, root: Path, figures: Figures, experiment: str) -> pd.DataFrame:
     paths = StudyPaths(root, experiment)
     runtime = {"torch": torch.__version__, "device": str(models.ple.default_device())}
-    tracker = StudyTracker(experiment, paths.mlflow_dir, {**flatten(params), **runtime},
-                           {"loop_mode": params.loop.mode, **runtime})
+    tags = {"loop_mode": params.loop.mode, "point_keys": ",".join(studies[0].point), **runtime}
+    tracker = StudyTracker(experiment, paths.mlflow_dir, {**flatten(params), **runtime}, tags)
     ok = False
     try:
         frames = []
         for study in studies:
-            name = point_name(study.point)
+            name = tables.point_name(study.point)
             for method in getattr(study, "methods", None) or params.methods_of(experiment):
                 folder = paths.method_dir(method) / name if name else paths.method_dir(method)
-                run_id = tracker.start_method(method, study.point)
+                run_id = tracker.start_method(method, study.point, study.labels)
                 try:
                     records = method_loop(study, params, experiment, method, name, folder, tracker, run_id)
                 except BaseException:
                     tracker.finish(run_id, ok=False)
                     raise
                 tracker.finish(run_id)
+                tracker.log_seeds(run_id, records)
                 frames += [tables.tidy_rows(experiment, method, r["generation"], r["metrics"]).assign(
                     **study.point, **study.labels) for r in records]
         tidy = pd.concat(frames, ignore_index=True)
@@ -177,7 +174,7 @@ def _run_locked(studies: list[Study], params: Params, root: Path, figures: Figur
         ok = True
         return tidy
     finally:
-        tracker.finish(tracker.parent_id, ok=ok)
+        tracker.close(ok)
 
 
 def publish(tidy: pd.DataFrame, paths: StudyPaths, tracker: StudyTracker, figures: Figures,

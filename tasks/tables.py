@@ -27,6 +27,11 @@ def tidy_rows(experiment: str, method: str, generation: int, metrics: dict[str, 
     return pd.concat(frames, ignore_index=True)
 
 
+def point_name(point: dict[str, object]) -> str:
+    """'weight=0.95,n_samples=50' for a grid point; '' for a study without a grid."""
+    return ",".join(f"{key}={value}" for key, value in point.items())
+
+
 def seed_stats(values: np.ndarray) -> dict[str, float]:
     """Mean, standard error (sample std / sqrt(S), NaN for one seed; left out of summary.json) and median."""
     values = np.asarray(values, dtype=float)

@@ -1,11 +1,19 @@
-"""MLflow tracking: one experiment per study, a parent run per execution, a child run per method.
+"""MLflow tracking: one experiment per study, a parent run per execution, a child run per
+method (and grid point), and under each of those a nested run per seed.
 
 The tracking URI is `MLFLOW_TRACKING_URI` when set, else a SQLite file in the repository
-(`.mlflow/mlflow.db`, artifacts in `.mlflow/artifacts`). A study run as one point of a sweep
-(`sweep_point`) logs into the sweep's store instead, its parent run nested under the sweep's run
-and tagged with the point. Metrics are the seed statistics of
-`tasks.tables` (`sigma_hat_mean`, `sigma_hat_se`, ...) logged with step = generation, and each
-generation's dataset is an MLflow dataset input whose digest is the md5 DVC records for it.
+(`.mlflow/mlflow.db`, artifacts in `.mlflow/artifacts`). Every run carries the same tags:
+`level` (study, method or seed), `experiment`, `loop_mode`, `point_keys` (the grid's keys,
+comma-separated, '' without a grid), `torch` and `device`; method and seed runs add `method`,
+`point` ('weight=0.95,n_samples=50', '' without a grid), one tag per grid key and label (the
+columns of `per_generation.csv`), and seed runs `seed`. Metric names are those of the tables:
+a method run has the seed statistics `<metric>_mean`, `_se`, `_median` (as `curves.csv`), a seed
+run its own `<metric>` (as `per_generation.csv`), both with step = generation. Params are logged
+on the parent and method runs (seed runs share them; leaving them out keeps a seed run at three
+calls). Each generation's dataset is an MLflow dataset input of the method run whose digest is
+the md5 DVC records for it.
+A study run as one point of a sweep (`sweep_point`) logs into the sweep's store instead, its
+parent run nested under the sweep's run and tagged with the point.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +34,7 @@ import pyarrow.parquet as pq
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus
 
-CHILD_TAGS = ("method", "experiment", "loop_mode")
+from tasks.tables import point_name
 
 
 @dataclass(frozen=True)
@@ -81,7 +90,7 @@ def dataset_entity(path: Path, md5: str) -> Dataset:
 
 
 class StudyTracker:
-    """A parent run for one execution of a study, with a child run per method.
+    """A parent run for one execution of a study, a child run per method and grid point, a run per seed.
 
     Inside `sweep_point` the parent run is itself a child of the sweep's run, in the sweep's store."""
 
@@ -92,6 +101,9 @@ class StudyTracker:
         self.client = MlflowClient(self.store.uri)
         self.params = [Param(key, str(value)) for key, value in params.items()]
         self.tags = {"experiment": experiment, **tags, **(point.tags if point else {})}
+        self.methods: dict[str, tuple[str, dict[str, str]]] = {}  # method run id -> (name, tags)
+        self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-seeds")
+        self.pending: list[Future] = []
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=self.store.artifacts)
@@ -99,18 +111,23 @@ class StudyTracker:
             self.experiment_id = found.experiment_id
         nested = {"mlflow.parentRunId": point.parent_id} if point else {}
         self.parent_id = self._run(name or f"{experiment} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                                   {**self.tags, **nested})
+                                   {"level": "study", **self.tags, **nested})
+        self.client.log_batch(self.parent_id, params=self.params)
 
-    def _run(self, name: str, tags: dict[str, str]) -> str:
-        run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
-        self.client.log_batch(run_id, params=self.params)
-        return run_id
+    def _run(self, name: str, tags: dict[str, str], parent: str | None = None) -> str:
+        tags = tags if parent is None else {**tags, "mlflow.parentRunId": parent}
+        return self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
 
-    def start_method(self, method: str, point: dict[str, object]) -> str:
-        """A child run of the parent for one method (at one grid point, whose keys become tags)."""
+    def start_method(self, method: str, point: dict[str, object], labels: dict[str, object]) -> str:
+        """A child run of the parent for one method at one grid point; the point's keys and the
+        study's labels become tags, as they are columns of per_generation.csv."""
         name = " ".join([method, *(f"{k}={v}" for k, v in point.items())])
-        tags = {**self.tags, **{k: str(v) for k, v in point.items()}, "method": method}
-        return self._run(name, {**tags, "mlflow.parentRunId": self.parent_id})
+        columns = {k: str(v) for k, v in {**point, **labels}.items()}
+        tags = {**self.tags, **columns, "method": method, "point": point_name(point)}
+        run_id = self._run(name, {**tags, "level": "method"}, self.parent_id)
+        self.client.log_batch(run_id, params=self.params)
+        self.methods[run_id] = (name, tags)
+        return run_id
 
     def log_generation(self, run_id: str, generation: int, metrics: dict[str, float], dataset: Path, md5: str):
         """Metrics of one generation (step = generation) and its dataset as a training input."""
@@ -120,16 +137,41 @@ class StudyTracker:
         context = InputTag(key="mlflow.data.context", value="training")
         self.client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[context])])
 
+    def log_seeds(self, run_id: str, records: list[dict]) -> None:
+        """A finished run per seed nested under the method run `run_id`, with that seed's value of
+        every metric of every generation in `records` (step = generation; NaN left out, as in the
+        seed statistics). 3 requests per seed, sent by a background thread while the study goes on
+        (`close` waits for them)."""
+        self.pending.append(self.background.submit(self._log_seeds, run_id, records))
+
+    def _log_seeds(self, run_id: str, records: list[dict]) -> None:
+        name, tags = self.methods[run_id]
+        now = int(time.time() * 1000)
+        for seed in range(len(next(iter(records[0]["metrics"].values())))):
+            metrics = [Metric(metric, float(values[seed]), now, record["generation"])
+                       for record in records for metric, values in record["metrics"].items()
+                       if values[seed] == values[seed]]
+            child = self._run(f"{name} seed={seed}", {**tags, "level": "seed", "seed": str(seed)}, run_id)
+            self.client.log_batch(child, metrics=metrics)  # the client splits it into batches MLflow accepts
+            self.finish(child)
+
     def log_training(self, run_id: str, generation: int, curves: dict[str, list[float]]) -> None:
         """Training curves of one generation's fit as `train_<name>/gen_<g>` (g zero-padded to 3 digits) with step = optimiser step."""
         now = int(time.time() * 1000)
-        metrics = [Metric(f"train_{name}/gen_{generation:03d}", value, now, step)
-                   for name, values in curves.items() for step, value in enumerate(values)]
-        for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
-            self.client.log_batch(run_id, metrics=metrics[start: start + 1000])
+        self.client.log_batch(run_id, metrics=[Metric(f"train_{name}/gen_{generation:03d}", value, now, step)
+                                               for name, values in curves.items() for step, value in enumerate(values)])
 
     def log_artifact(self, path: Path) -> None:
         self.client.log_artifact(self.parent_id, str(path))
+
+    def close(self, ok: bool) -> None:
+        """Wait for the seed runs still being logged, then finish the parent run; failed seed
+        logging fails the parent and is raised (unless the study itself already failed)."""
+        self.background.shutdown(wait=True)
+        errors = [future.exception() for future in self.pending if future.exception() is not None]
+        self.finish(self.parent_id, ok=ok and not errors)
+        if ok and errors:
+            raise errors[0]
 
     def finish(self, run_id: str, ok: bool = True) -> None:
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))

@@ -1,11 +1,16 @@
-"""Shared fixtures: a real Prefect test server, shrunk params files, and a DVC repo in a temp dir."""
+"""Shared fixtures: a real Prefect test server, shrunk params files, a DVC repo in a temp dir, and
+helpers for tests that talk to servers over HTTP."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -66,6 +71,34 @@ def subprocess_env(prefect_api: str | None = None) -> dict[str, str]:
     if prefect_api:
         env["PREFECT_API_URL"] = prefect_api
     return env
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def api_json(url: str, body: dict | None = None) -> object:
+    """GET (or POST `body` to) a REST API; the decoded JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def wait_for(condition, seconds: float, what: str):
+    """The first true value of `condition()` within `seconds` (connection errors count as not yet)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except OSError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:

@@ -75,7 +75,7 @@ def test_gmm_flow_runs_the_grid_with_every_method(tmp_path, prefect_api):
         assert (tmp_path / "figures/gmm" / name).stat().st_size > 10_000
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("gmm").experiment_id],
-                              filter_string="tags.method = 'ple' and tags.n_samples = '20'",
+                              filter_string="tags.level = 'method' and tags.method = 'ple' and tags.n_samples = '20'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     curve = client.get_metric_history(runs[0].info.run_id, "train_penalty/gen_001")
     assert [m.step for m in curve] == list(range(20)) and all(m.value >= 0 for m in curve)

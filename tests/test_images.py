@@ -82,7 +82,7 @@ def test_figures_and_mlflow(digits_run):
     assert len(list((figures / "samples").glob("*.png"))) == 3 * 2
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id],
-                              filter_string="tags.method = 'ple'", max_results=1)
+                              filter_string="tags.level = 'method' and tags.method = 'ple'", max_results=1)
     run = runs[0]
     assert run.data.tags["device"] == run.data.params["device"] == "cpu"
     assert run.data.params["torch"] == torch.__version__

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,34 +11,7 @@ import yaml
 
 from flows.serve import load
 
-from conftest import ROOT, subprocess_env, write_params
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _api(url: str, body: dict | None = None) -> object:
-    """GET (or POST `body` to) the Prefect REST API; the decoded JSON answer."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def _wait(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except OSError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+from conftest import ROOT, api_json, free_port, subprocess_env, wait_for, write_params
 
 
 def test_shipped_deployments_file_is_valid():
@@ -59,14 +28,14 @@ def test_bad_deployments_file_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_served_deployments_have_schedules_and_run_with_parameters(tmp_path, project_copy):
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**subprocess_env(), "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api}
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     served = None
     try:
-        _wait(lambda: _api(f"{api}/health"), 90, "the Prefect server")
+        wait_for(lambda: api_json(f"{api}/health"), 90, "the Prefect server")
         write_params(project_copy / "tiny", gaussian={"n_samples": 5, "generations": 3, "seeds": 4})
         deployments = project_copy / "deployments.yaml"
         deployments.write_text(yaml.safe_dump({"deployments": [
@@ -76,14 +45,14 @@ def test_served_deployments_have_schedules_and_run_with_parameters(tmp_path, pro
         served = subprocess.Popen([sys.executable, "-m", "flows.serve", str(deployments)], cwd=project_copy,
                                   env={**env, "PYTHONPATH": str(project_copy)},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        found = _wait(lambda: [d for d in _api(f"{api}/deployments/filter", {}) if d["name"] in ("nightly", "weekly")]
-                      if len(_api(f"{api}/deployments/filter", {})) == 2 else None, 90, "the deployments")
+        found = wait_for(lambda: [d for d in api_json(f"{api}/deployments/filter", {}) if d["name"] in ("nightly", "weekly")]
+                      if len(api_json(f"{api}/deployments/filter", {})) == 2 else None, 90, "the deployments")
         crons = {d["name"]: [s["schedule"]["cron"] for s in d["schedules"]] for d in found}
         assert crons == {"nightly": ["0 2 * * *"], "weekly": ["0 4 * * 0"]}
         nightly = next(d for d in found if d["name"] == "nightly")
-        run = _api(f"{api}/deployments/{nightly['id']}/create_flow_run",
+        run = api_json(f"{api}/deployments/{nightly['id']}/create_flow_run",
                    {"parameters": {"params_file": "tiny/params.yaml"}})
-        state = _wait(lambda: (s := _api(f"{api}/flow_runs/{run['id']}")["state"]["type"]) in
+        state = wait_for(lambda: (s := api_json(f"{api}/flow_runs/{run['id']}")["state"]["type"]) in
                       ("COMPLETED", "FAILED", "CRASHED") and s, 240, "the flow run")
         assert state == "COMPLETED"
         assert sorted(p.name for p in (project_copy / "data/generations/gaussian/mle").glob("*.parquet")) == [
