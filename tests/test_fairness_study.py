@@ -89,7 +89,7 @@ def test_outputs_table_and_mlflow(fairness_run):
     assert f"{mle['acc_scratch_mean']:.3f} ± {mle['acc_scratch_se']:.3f}" in row
     client = MlflowClient()
     run = client.search_runs([client.get_experiment_by_name("fairness").experiment_id],
-                             filter_string="tags.method = 'upweight'", max_results=1)[0]
+                             filter_string="tags.method = 'upweight' and tags.level = 'method'", max_results=1)[0]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eo_selective_mean")] == [0, 1]
 
 
