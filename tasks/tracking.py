@@ -141,7 +141,13 @@ class StudyTracker:
         """A finished run per seed nested under the method run `run_id`, with that seed's value of
         every metric of every generation in `records` (step = generation; NaN left out, as in the
         seed statistics). 3 requests per seed, sent by a background thread while the study goes on
-        (`close` waits for them)."""
+        (`close` waits for them). Above `AUTOPHAGY_MAX_SEED_RUNS` seeds (default 100) none are
+        logged, as thousands of runs would take minutes: the method run is tagged `seed_runs`."""
+        seeds = len(next(iter(records[0]["metrics"].values())))
+        limit = int(os.environ.get("AUTOPHAGY_MAX_SEED_RUNS", "100"))
+        if seeds > limit:
+            self.client.set_tag(run_id, "seed_runs", f"not logged: {seeds} seeds > AUTOPHAGY_MAX_SEED_RUNS={limit}")
+            return
         self.pending.append(self.background.submit(self._log_seeds, run_id, records))
 
     def _log_seeds(self, run_id: str, records: list[dict]) -> None:
