@@ -7,7 +7,8 @@
 Every point runs the study flow with its own root (`sweeps/<name>/<point>/`), so it resumes like
 the study does. All points log into one MLflow store (`MLFLOW_TRACKING_URI`, else the sweep
 root's `.mlflow/`): one sweep run in the study's experiment, each point's runs nested under it
-and tagged `sweep`, `sweep_point` and with the point's coordinates.
+and tagged `sweep`, `sweep_point` and `sweep_<axis>` per coordinate (a seed run's `seed` tag is
+its replicate, not the sweep's global seed).
 
 Dask workers report their task and flow runs to the Prefect API of the process that started the
 sweep: `PREFECT_API_URL`, or one temporary server (local cluster only; an existing cluster on
@@ -88,11 +89,13 @@ def run_point(study: str, point: Point, folder: Path, tracking: SweepPoint) -> s
 
 
 @flow(name="sweep-points", flow_run_name="{name}", validate_parameters=False)
-def run_points(name: str, study: str, points: list[Point], folder: Path, tracker: StudyTracker) -> list[str]:
-    """One task per point on the flow's task runner; raises the first point's error after all finished."""
+def run_points(name: str, study: str, points: list[Point], folder: Path, sweep: SweepPoint) -> list[str]:
+    """One task per point on the flow's task runner; raises the first point's error after all finished.
+
+    `sweep` (store and run id, no live client) travels to Dask workers with every task."""
     futures = [run_point.submit(study, point, folder / point.slug, SweepPoint(
-        tracker.store, tracker.parent_id,
-        {"sweep": name, "sweep_point": point.slug, **{k: str(v) for k, v in point.coordinates.items()}}))
+        sweep.store, sweep.parent_id,
+        {"sweep": name, "sweep_point": point.slug, **{f"sweep_{k}": str(v) for k, v in point.coordinates.items()}}))
         for point in points]
     wait(futures)
     return [future.result() for future in futures]
@@ -106,14 +109,15 @@ def sweep_flow(sweep_file: str = "sweeps/gaussian_bias.yaml", root: str = ".", r
     url = api_url(address if runner == "dask" else None)
     base = Path(root).resolve()
     grid = {axis: ",".join(map(str, values)) for axis, values in sweep.axes.items()}
-    tracker = StudyTracker(sweep.study, base / ".mlflow", {"sweep_file": sweep_file, **grid}, {"sweep": sweep.name, "level": "sweep"},
-                           name=f"sweep {sweep.name} {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    tracker = StudyTracker(sweep.study, base / ".mlflow", {"sweep_file": sweep_file, **grid},
+                           {"sweep": sweep.name, "level": "sweep"}, name=f"sweep {sweep.name} {time.strftime('%Y-%m-%d %H:%M:%S')}")
     ok = False
     try:
         retries = max(PREFECT_CLIENT_MAX_RETRIES.value(), CLIENT_RETRIES)
         with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_CLIENT_MAX_RETRIES: retries}):
             points = run_points.with_options(task_runner=task_runner(runner, workers, address))
-            slugs = points(sweep.name, sweep.study, sweep.points, sweep.folder(base), tracker)
+            slugs = points(sweep.name, sweep.study, sweep.points, sweep.folder(base),
+                           SweepPoint(tracker.store, tracker.parent_id))
         ok = True
         return slugs
     finally:
