@@ -13,7 +13,6 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-from unittest import mock
 from urllib.parse import urlencode
 
 import pandas as pd
@@ -57,7 +56,8 @@ def mlflow_server(tmp_path_factory) -> str:
 def served_study(mlflow_server, prefect_api, tmp_path_factory) -> Path:
     """The tiny Gaussian study, run in this process with MLFLOW_TRACKING_URI naming the server."""
     root = tmp_path_factory.mktemp("served-study")
-    with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": mlflow_server}):
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", mlflow_server)
         gaussian_flow(params_file=str(write_params(root, gaussian=TINY)), root=str(root))
     return root
 
