@@ -1,7 +1,7 @@
 """A sweep: one study run at every point of a grid of params overrides, declared in a YAML file.
 
     # sweeps/seeds_bias.yaml
-    study: gaussian              # gaussian | gmm | gmm_lambda | grid: a flow of flows/ taking (params_file, root)
+    study: gaussian              # gaussian | gmm | gmm_lambda | grid | fairness: a flow of flows/ taking (params_file, root)
     params: params.yaml          # the base params, relative to the sweep's root
     grid:                        # every combination of the listed axes is one point
       seed: [0, 1]               # the global seed
@@ -28,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tasks import storage
 from tasks.params import LoopMode, Method, Params, ParamsError, load_params
 
-SECTIONS = {"gaussian": "gaussian", "gmm": "gmm", "gmm_lambda": "gmm", "grid": "grid"}  # study -> params section
+# study -> params section
+SECTIONS = {"gaussian": "gaussian", "gmm": "gmm", "gmm_lambda": "gmm", "grid": "grid", "fairness": "fairness"}
 
 
 class SweepError(ParamsError):
@@ -57,7 +58,7 @@ class Grid(BaseModel):
 class SweepFile(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    study: Literal["gaussian", "gmm", "gmm_lambda", "grid"]
+    study: Literal["gaussian", "gmm", "gmm_lambda", "grid", "fairness"]
     params: str = Field(default="params.yaml", min_length=1, description="base params file, relative to the root")
     grid: Grid
 

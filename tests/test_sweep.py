@@ -126,3 +126,24 @@ def test_existing_dask_cluster_without_prefect_server_is_one_line(tmp_path, caps
     err = capsys.readouterr().err
     assert "--address tcp://10.0.0.9:8786: Dask workers on other hosts cannot reach" in err and err.count("\n") == 1
     assert not (tmp_path / "sweeps/tiny").exists()
+
+
+def test_fairness_sweep_over_lambda(tmp_path, prefect_api, mlflow_store):
+    from test_fairness_study import TINY as FAIRNESS
+
+    write_params(tmp_path, fairness={**FAIRNESS, "generations": 2})
+    sweep = _sweep_file(tmp_path, {"method": ["ple"], "lam": [0.1, 10.0]}, study="fairness")
+    slugs = sweep_flow(sweep_file=str(sweep), root=str(tmp_path))
+    assert slugs == ["method=ple,lam=0.1", "method=ple,lam=10.0"]
+    folders = [tmp_path / "sweeps/tiny" / slug for slug in slugs]
+    for folder, lam in zip(folders, (0.1, 10.0)):
+        assert yaml.safe_load((folder / "params.yaml").read_text())["fairness"]["ple"]["lam"] == lam
+        tidy = pd.read_csv(folder / "metrics/fairness/per_generation.csv")
+        assert set(tidy.method) == {"ple"} and set(tidy.generation) == {0, 1}
+    first, other = (storage.md5(folder / "data/generations/fairness/ple/gen_001.parquet") for folder in folders)
+    assert first != other  # lambda reached the generator
+    client = MlflowClient(mlflow_store)
+    experiment = client.get_experiment_by_name("fairness").experiment_id
+    for slug, lam in zip(slugs, ("0.1", "10.0")):
+        runs = client.search_runs([experiment], f"tags.sweep_point = '{slug}' and tags.level = 'method'")
+        assert [r.data.tags["sweep_lam"] for r in runs] == [lam] and runs[0].info.status == "FINISHED"
