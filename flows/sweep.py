@@ -109,8 +109,9 @@ def sweep_flow(sweep_file: str = "sweeps/gaussian_bias.yaml", root: str = ".", r
     url = api_url(address if runner == "dask" else None)
     base = Path(root).resolve()
     grid = {axis: ",".join(map(str, values)) for axis, values in sweep.axes.items()}
+    name = f"sweep {sweep.name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
     tracker = StudyTracker(sweep.study, base / ".mlflow", {"sweep_file": sweep_file, **grid},
-                           {"sweep": sweep.name, "level": "sweep"}, name=f"sweep {sweep.name} {time.strftime('%Y-%m-%d %H:%M:%S')}")
+                           {"sweep": sweep.name, "level": "sweep"}, name=name)
     ok = False
     try:
         retries = max(PREFECT_CLIENT_MAX_RETRIES.value(), CLIENT_RETRIES)

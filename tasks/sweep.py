@@ -1,7 +1,7 @@
 """A sweep: one study run at every point of a grid of params overrides, declared in a YAML file.
 
     # sweeps/seeds_bias.yaml
-    study: gaussian              # gaussian | gmm | gmm_lambda | grid | fairness: a flow of flows/ taking (params_file, root)
+    study: gaussian              # gaussian | gmm | gmm_lambda | grid | fairness (a flow of flows/)
     params: params.yaml          # the base params, relative to the sweep's root
     grid:                        # every combination of the listed axes is one point
       seed: [0, 1]               # the global seed

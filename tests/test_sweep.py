@@ -17,6 +17,7 @@ from flows.sweep import main, sweep_flow
 from tasks import storage
 
 from conftest import write_params
+from test_fairness_study import TINY as FAIRNESS
 
 TINY = dict(gaussian={"n_samples": 6, "generations": 3, "seeds": 4})
 
@@ -129,8 +130,6 @@ def test_existing_dask_cluster_without_prefect_server_is_one_line(tmp_path, caps
 
 
 def test_fairness_sweep_over_lambda(tmp_path, prefect_api, mlflow_store):
-    from test_fairness_study import TINY as FAIRNESS
-
     write_params(tmp_path, fairness={**FAIRNESS, "generations": 2})
     sweep = _sweep_file(tmp_path, {"method": ["ple"], "lam": [0.1, 10.0]}, study="fairness")
     slugs = sweep_flow(sweep_file=str(sweep), root=str(tmp_path))
