@@ -12,12 +12,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
-# The default studies; mnist and cifar10 join when their files are under data/raw (README).
-STUDIES := gaussian gmm gmm_lambda grid digits fairness $(if $(wildcard data/raw/mnist/*),mnist) \
-	$(if $(wildcard data/raw/cifar10/*),cifar10)
+# The default studies, read from the registry (tasks/studies/__init__.py): every study whose raw data,
+# if it needs any (mnist, cifar10: files under data/raw, README), is in place.
+LIST_STUDIES = studies="$$(python -m tasks.studies list)"
 
 run: $(VENV)/.installed
-	dvc repro $(STUDIES)
+	$(LIST_STUDIES) && dvc repro $$studies
 
 test: $(VENV)/.installed
 	pytest
@@ -44,4 +44,4 @@ ui: $(VENV)/.installed
 
 # reports/<study>/comparison.png and table.md for each default study, read from its latest run in MLflow.
 report: $(VENV)/.installed
-	for study in $(STUDIES); do python -m flows.report $$study || exit 1; done
+	$(LIST_STUDIES) && for study in $$studies; do python -m flows.report $$study || exit 1; done

@@ -36,7 +36,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.classifier import Classifier  # noqa: E402
-from tasks.fid import (  # noqa: E402
+from tasks.studies.images.fid import (  # noqa: E402
     classifier_extractor, extract_features, fid_inception, frechet_distance, inception_extractor,
     inception_weights_path,
 )

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tasks import loop, steps  # noqa: E402
-from tasks.gaussian_study import GaussianStudy  # noqa: E402
+from tasks.studies.gaussian import GaussianStudy  # noqa: E402
 from tasks.params import GaussianParams, LoopParams  # noqa: E402
 
 

@@ -23,7 +23,7 @@ from models.gmm import GMMGenerator, Mixture, em  # noqa: E402
 from models.hypernet import HyperConfig, HyperNetwork, parameter_count  # noqa: E402
 from models.ple import HyperEnsemble, PLEConfig  # noqa: E402
 from models.vae import PRESETS, VAE  # noqa: E402
-from tasks.params import load_params  # noqa: E402
+from tasks.studies import load_params  # noqa: E402
 
 
 def best_of(repeats: int, fn) -> float:

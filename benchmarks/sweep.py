@@ -65,7 +65,7 @@ def flow_seconds(size: dict) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         root = study_root(Path(tmp), **size)
         start = time.perf_counter()
-        gaussian_flow(params_file=str(root / "params.yaml"), root=str(root))
+        study_flow(study="gaussian", params_file=str(root / "params.yaml"), root=str(root))
         return time.perf_counter() - start
 
 

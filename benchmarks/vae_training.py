@@ -31,10 +31,10 @@ from models.hypernet import HyperConfig  # noqa: E402
 from models.ple import PLEConfig, fit_direct, fit_ensemble  # noqa: E402
 from models.vae import PRESETS, VAE  # noqa: E402
 from tasks import steps  # noqa: E402
-from tasks.image_data import to_float  # noqa: E402
-from tasks.image_study import ImageStudy, real_splits  # noqa: E402
+from tasks.studies.images.data import to_float  # noqa: E402
+from tasks.studies.images.study import ImageStudy, real_splits  # noqa: E402
 from tasks.loop import generator, real_dataset  # noqa: E402
-from tasks.params import load_params  # noqa: E402
+from tasks.studies import load_params  # noqa: E402
 
 
 def plain_loop(x: torch.Tensor, config: PLEConfig, batch: int) -> None:

@@ -1,11 +1,11 @@
-"""Command line shared by the study flows: validate params first, then run the flow.
+"""Command line shared by the flows: validate params and inputs first, then run the flow.
 
-    python -m flows.gaussian [params.yaml]
-    python -m flows.images [params.yaml] [digits|mnist|cifar10]     (flows with several studies)
+    python -m flows.study gaussian [params.yaml] [--overlay params.paper.yaml]
+    python -m flows.classifier digits [params.yaml]
 
-A bad params file, corrupt stored data, a missing input or an unreachable MLflow or Prefect
-server (MLFLOW_TRACKING_URI, PREFECT_API_URL) stops with one line on stderr and a non-zero exit
-code, before any output is written.
+A bad params file, corrupt stored data, a missing input, a held lock or an unreachable MLflow or
+Prefect server (MLFLOW_TRACKING_URI, PREFECT_API_URL) stops with one line on stderr and exit
+code 2, before any output is written (any `tasks.errors.UserError`).
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ from urllib.parse import urlsplit
 
 from prefect.settings import PREFECT_API_URL
 
-from tasks.lock import LockedError
-from tasks.params import ParamsError, load_params
-from tasks.storage import CorruptDataError, InputUnavailableError
-
+from tasks.errors import InputUnavailableError, UserError
+from tasks.studies import load_params
 
 CONNECT_TIMEOUT = 3.0  # seconds to wait for a server before calling it unreachable
 
@@ -52,22 +50,23 @@ def check_servers() -> None:
                  "start it (prefect server start), or unset PREFECT_API_URL to use a temporary server")
 
 
-def main(flow_fn: Callable[..., object], argv: list[str] | None = None, studies: list[str] | None = None,
+def main(flow_fn: Callable[..., object], studies: list[str], argv: list[str] | None = None,
          preflight: Callable[..., object] | None = None) -> int:
-    """Run `flow_fn(params_file=...)`, or with `studies`, `flow_fn(params_file=..., study=...)`.
+    """Run `flow_fn(study=..., params_file=..., overlay=...)` for one of `studies`.
 
     `preflight`, called with the same arguments before the flow starts, checks the other inputs
     (data files, upstream outputs) so that a problem there is also one line, not a flow failure."""
     parser = argparse.ArgumentParser(description=flow_fn.__doc__)
+    parser.add_argument("study", choices=studies)
     parser.add_argument("params", nargs="?", default="params.yaml", help="params file (default: params.yaml)")
-    if studies:
-        parser.add_argument("study", nargs="?", default=studies[0], choices=studies)
+    parser.add_argument("--overlay", help="a params file laid over it, holding only what differs "
+                        "(e.g. params.paper.yaml)")
     args = parser.parse_args(argv)
 
     def run() -> None:
-        load_params(args.params)
+        kwargs = {"study": args.study, "params_file": args.params, "overlay": args.overlay}
+        load_params(args.params, args.overlay)
         check_servers()
-        kwargs = {"params_file": args.params, **({"study": args.study} if studies else {})}
         if preflight:
             preflight(**kwargs)
         flow_fn(**kwargs)
@@ -79,7 +78,7 @@ def report(run: Callable[[], object]) -> int:
     """Exit code of `run()`: 0, or 2 after one line on stderr for an error the user can fix."""
     try:
         run()
-    except (ParamsError, CorruptDataError, InputUnavailableError, LockedError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

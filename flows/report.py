@@ -19,10 +19,11 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from flows.cli import check_mlflow_server
-from tasks.paths import StudyPaths
-from tasks.reports import MAIN_METRICS, ReportError, main_metrics, write_report
-from tasks.storage import InputUnavailableError
-from tasks.tracking import Store
+from tasks.errors import ReportError, UserError
+from tasks.infra.paths import StudyPaths
+from tasks.infra.tracking import Store
+from tasks.outputs.reports import write_report
+from tasks.studies import BY_NAME, spec
 
 
 def client(root: Path) -> MlflowClient:
@@ -37,13 +38,13 @@ def client(root: Path) -> MlflowClient:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", help=f"one of {', '.join(MAIN_METRICS)}")
+    parser.add_argument("study", help=f"one of {', '.join(BY_NAME)}")
     parser.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports)")
     args = parser.parse_args(argv)
     try:
-        main_metrics(args.study)  # an unknown study is named before any connection
+        spec(args.study)  # an unknown study is named before any connection
         written = write_report(client(Path(".")), args.study, args.out)
-    except (ReportError, InputUnavailableError, MlflowException) as exc:
+    except (UserError, MlflowException) as exc:
         print(f"error: {exc}".splitlines()[0], file=sys.stderr)
         return 2
     print("\n".join(map(str, written)))

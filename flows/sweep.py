@@ -1,4 +1,4 @@
-"""A sweep: one study fanned out over a grid of params overrides (`tasks.sweep`), one task per point.
+"""A sweep: one study fanned out over a grid of params overrides (`tasks.infra.sweep`), one task per point.
 
     python -m flows.sweep sweeps/seeds_bias.yaml                        threads in this process
     python -m flows.sweep sweeps/seeds_bias.yaml --runner dask --workers 2   a local Dask cluster
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import sys
 import tempfile
 import time
@@ -38,8 +37,10 @@ from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, PREFEC
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.cli import check_servers, report
-from tasks.sweep import Point, SweepError, load_sweep, write_point_params
-from tasks.tracking import StudyTracker, SweepPoint, sweep_point
+from flows.study import study_flow
+from tasks.errors import ParamsError
+from tasks.infra.sweep import Point, load_sweep, write_point_params
+from tasks.infra.tracking import StudyTracker, SweepPoint, sweep_point
 
 Runner = Literal["threads", "dask"]
 SERVER_START_SECONDS = 120  # a new server database is migrated first: 20 s and more on a busy machine
@@ -62,8 +63,8 @@ def task_runner(runner: Runner, workers: int, address: str | None) -> TaskRunner
                                           "dashboard_address": None})
 
 
-def no_server_for(address: str) -> SweepError:
-    return SweepError(f"--address {address}: Dask workers on other hosts cannot reach a temporary Prefect server; "
+def no_server_for(address: str) -> ParamsError:
+    return ParamsError(f"--address {address}: Dask workers on other hosts cannot reach a temporary Prefect server; "
                       "start one (prefect server start --host 0.0.0.0) and set PREFECT_API_URL")
 
 
@@ -78,14 +79,13 @@ def api_url(address: str | None) -> str:
     return server.api_url
 
 
-@task(name="sweep-point", task_run_name="{point.slug}", cache_policy=NO_CACHE)
+@task(name="sweep-point", task_run_name="{point.grid.name}", cache_policy=NO_CACHE)
 def run_point(study: str, point: Point, folder: Path, tracking: SweepPoint) -> str:
     """Write the point's params into its folder and run (or resume) the study there."""
-    study_flow = getattr(importlib.import_module(f"flows.{study}"), f"{study}_flow")
     params_file = write_point_params(folder, point)
     with sweep_point(tracking):
-        study_flow(params_file=str(params_file), root=str(folder))
-    return point.slug
+        study_flow(study=study, params_file=str(params_file), root=str(folder))
+    return point.grid.name
 
 
 @flow(name="sweep-points", flow_run_name="{name}", validate_parameters=False)
@@ -93,9 +93,9 @@ def run_points(name: str, study: str, points: list[Point], folder: Path, sweep: 
     """One task per point on the flow's task runner; raises the first point's error after all finished.
 
     `sweep` (store and run id, no live client) travels to Dask workers with every task."""
-    futures = [run_point.submit(study, point, folder / point.slug, SweepPoint(
-        sweep.store, sweep.parent_id,
-        {"sweep": name, "sweep_point": point.slug, **{f"sweep_{k}": str(v) for k, v in point.coordinates.items()}}))
+    futures = [run_point.submit(study, point, folder / point.grid.name, SweepPoint(
+        sweep.store, sweep.parent_id, {"sweep": name, "sweep_point": point.grid.name,
+                                       **{f"sweep_{k}": str(v) for k, v in point.grid.coordinates.items()}}))
         for point in points]
     wait(futures)
     return [future.result() for future in futures]

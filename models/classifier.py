@@ -2,7 +2,7 @@
 
 Its penultimate activations are the feature space of `fid_classifier` (the "LeNet-FID" of the MAD
 paper, Alemohammad et al. 2023, which replaces Inception features for MNIST) and its predictions
-label generated samples for `minority_ratio` (GUIDE section 3).
+label generated samples for `minority_ratio` (docs/metrics.md).
 
     x (N, C, H, W) in [0, 1] -> conv3x3(16) ReLU -> conv3x3(32) ReLU -> maxpool 2
       -> adaptive avg pool 4x4 -> Linear(512, features) BatchNorm = features(x) -> ReLU
@@ -11,23 +11,14 @@ label generated samples for `minority_ratio` (GUIDE section 3).
 The adaptive pooling lets one architecture read 8x8 digits, 28x28 MNIST and 32x32 CIFAR-10. The
 batch norm keeps every feature alive: without it about half of the 32 ReLU units never fire after
 training on digits, which halves the feature space and makes its covariance singular.
-A checkpoint stores the constructor arguments beside the weights, so it rebuilds itself.
+The constructor arguments are kept in `config`, so a checkpoint (`tasks.infra.checkpoints`) rebuilds it.
 """
 
 from __future__ import annotations
 
-import io
-import pickle
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from tasks.storage import atomic_path
-
-REBUILD = "rebuild it with `dvc repro`"
-
 
 class Classifier(nn.Module):
     """LeNet-style CNN for images (N, C, H, W) with H, W >= 2 in [0, 1]."""
@@ -100,30 +91,3 @@ def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor, batc
     correct = sum(int((model(x.to(device)).argmax(1) == y.to(device)).sum())
                   for x, y in zip(images.split(batch_size), labels.split(batch_size)))
     return correct / len(labels)
-
-
-def save_classifier(model: Classifier, path: Path) -> None:
-    """Constructor arguments and weights in one file, written to a temporary file and renamed.
-
-    Serialised in memory first: torch.save to a file path records that (random, temporary) name
-    in the archive, and the same model must give the same bytes, the hash DVC versions."""
-    state = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
-    buffer = io.BytesIO()
-    torch.save({"config": model.config, "state_dict": state}, buffer)
-    with atomic_path(Path(path)) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-
-
-def load_classifier(path: Path) -> Classifier:
-    """The classifier saved at `path`, in eval mode on the CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"reference classifier {path} not found; {REBUILD}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        model = Classifier(**checkpoint["config"])
-        model.load_state_dict(checkpoint["state_dict"])
-    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"reference classifier {path} is unreadable ({reason}); {REBUILD}") from None
-    return model.eval()

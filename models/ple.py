@@ -53,11 +53,6 @@ class Generative(nn.Module, ABC):
         return getattr(self, op)(*args)
 
 
-def default_device() -> torch.device:
-    """CUDA when present, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 @dataclass(frozen=True)
 class PLEConfig:
     lam: float = 0.1  # penalty weight lambda; 0 gives hyper-MLE

@@ -8,7 +8,7 @@ image, with one reparameterised draw z = mu + sigma * eps:
     KL = 0.5 * sum_k (mu_k^2 + sigma_k^2 - 1 - log sigma_k^2).
 
 A sample with sampling bias lambda is the decoder's mean image at z = sqrt(lambda) * eps
-(GUIDE section 1: neural samplers scale the latent). Batch norm, when on, normalises with the
+(docs/loop.md: neural samplers scale the latent). Batch norm, when on, normalises with the
 statistics of the current batch only (no running averages), so the same module runs under
 `torch.func.vmap` for every method; samples are therefore drawn in large batches.
 

@@ -1,4 +1,4 @@
-"""The self-consuming loop, independent of any model (GUIDE section 1).
+"""The self-consuming loop, independent of any model (docs/loop.md).
 
 Generation 0 fits the real dataset D_0. Generation g >= 1 fits D_g, built from the n_synth
 samples S_g of model g-1:
@@ -16,7 +16,7 @@ recomputed after a crash draws exactly the numbers it drew the first time.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
@@ -33,6 +33,24 @@ class Dataset:
         return self.values.shape[1]
 
 
+@dataclass(frozen=True)
+class GridPoint:
+    """A point of a study's grid, e.g. {"weight": 0.95, "n_samples": 50}; empty for a study without a grid.
+
+    Its coordinates become columns of the tables, tags of the MLflow runs and, through `name`, folders."""
+
+    coordinates: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """'weight=0.95,n_samples=50'; '' without a grid."""
+        return ",".join(f"{key}={value}" for key, value in self.coordinates.items())
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.coordinates)
+
+
 @runtime_checkable
 class Study(Protocol):
     """What the loop needs from an experiment. Every tensor has the seed axis first."""
@@ -41,8 +59,9 @@ class Study(Protocol):
     seeds: int
     n_samples: int
     generations: int
-    point: dict[str, object]  # grid coordinates, e.g. {"weight": 0.95, "n_samples": 50}; {} without a grid
+    point: GridPoint
     labels: dict[str, object]  # further constant columns of the tidy table
+    methods: tuple[str, ...] | None  # the methods run at this point; None: the study's params decide
     config: dict  # everything the stored generations depend on (part of their fingerprint)
 
     def draw_real(self, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -51,27 +70,14 @@ class Study(Protocol):
     def fit(self, data: Dataset, method: str, generator: torch.Generator) -> Any:
         """Fit one model per seed to `data` with `method`."""
 
+    def training_curves(self, model: Any) -> dict[str, list[float]]:
+        """Per-step curves of the fit that made `model` (e.g. {"fit": [...], "penalty": [...]}); {} if none."""
+
     def sample(self, model: Any, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
         """(seeds, n, *event) samples of the fitted model, latent/variance scaled by sampling_bias."""
 
     def evaluate(self, model: Any, data: Dataset) -> dict[str, torch.Tensor]:
         """Metric name -> (seeds,) values of the fitted model."""
-
-
-class SeedsAndGenerations:
-    """`seeds`, `generations` and `n_samples` of a study, read from its params section `self.params`."""
-
-    @property
-    def n_samples(self) -> int:
-        return self.params.n_samples
-
-    @property
-    def seeds(self) -> int:
-        return self.params.seeds
-
-    @property
-    def generations(self) -> int:
-        return self.params.generations
 
 
 def generator(seed: int, *keys: object) -> torch.Generator:

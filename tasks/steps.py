@@ -1,7 +1,8 @@
 """The Prefect tasks of one generation: fit -> evaluate -> sample -> build next dataset -> save.
 
-Each task is a thin wrapper around a pure function of `tasks.loop`, `tasks.storage` or the
-study, so tests can call `some_task.fn(...)`. Randomness is keyed by (seed, purpose, method,
+Each task is a thin wrapper around a pure function of `tasks.loop`, `tasks.infra` or the
+study, so tests can call `some_task.fn(...)`. Tasks take plain values (paths, the tracking URI,
+run ids), never live clients. Randomness is keyed by (seed, purpose, method,
 generation) and never by call order, which makes a resumed run identical to an uninterrupted one.
 Results are not cached by Prefect: resuming is done from the stored generations.
 """
@@ -16,10 +17,10 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import loop, storage
+from tasks import loop
+from tasks.infra import storage, tracking
 from tasks.loop import Dataset, Study
 from tasks.params import LoopParams
-from tasks.tracking import StudyTracker
 
 COMPUTE = dict(cache_policy=NO_CACHE, retries=1)
 IO = dict(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 2, 5])
@@ -71,14 +72,14 @@ def save_record(path: Path, record: dict, method: str, generation: int) -> None:
 
 
 @task(name="log-generation", task_run_name="log {method} gen {generation}", **IO)
-def log_generation(tracker: StudyTracker, run_id: str, stats: dict[str, float], dataset: Path, md5: str,
+def log_generation(tracking_uri: str, run_id: str, stats: dict[str, float], dataset: Path, md5: str,
                    method: str, generation: int) -> None:
     """Send generation g's seed statistics and dataset input to MLflow."""
-    tracker.log_generation(run_id, generation, stats, dataset, md5)
+    tracking.log_generation(tracking_uri, run_id, generation, stats, dataset, md5)
 
 
 @task(name="log-training", task_run_name="log training {method} gen {generation}", **IO)
-def log_training(tracker: StudyTracker, run_id: str, curves: dict[str, list[float]], method: str,
+def log_training(tracking_uri: str, run_id: str, curves: dict[str, list[float]], method: str,
                  generation: int) -> None:
     """Send the training curves of generation g's fit (e.g. fit and penalty terms) to MLflow."""
-    tracker.log_training(run_id, generation, curves)
+    tracking.log_training(tracking_uri, run_id, generation, curves)

@@ -38,12 +38,14 @@ def mlflow_store(tmp_path_factory) -> str:
     """One SQLite MLflow store for the in-process tests (creating its tables takes seconds)."""
     from mlflow import MlflowClient
 
+    from tasks.studies import STUDIES
+
     folder = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
     client = MlflowClient(uri)
-    for experiment in ("gaussian", "gmm", "gmm_lambda", "grid", "digits", "fairness"):  # artifacts in the temp dir, not ./mlruns
-        client.create_experiment(experiment, artifact_location=(folder / experiment).as_uri())
+    for study in STUDIES:  # artifacts in the temp dir, not ./mlruns
+        client.create_experiment(study.name, artifact_location=(folder / study.name).as_uri())
     yield uri
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks import attribute_data as ad
-from tasks.fairness_study import balancing_weights
-from tasks.image_data import load_images, split
+from tasks.studies.fairness import attributes as ad
+from tasks.studies.fairness.study import balancing_weights
+from tasks.studies.images.data import load_images, split
 
 DIGITS = load_images("digits", Path("unused"))
 

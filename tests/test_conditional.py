@@ -12,8 +12,8 @@ from models.classifier import Classifier, fit_classifier
 from models.conditional import ConditionalVAE, RowWeighted
 from models.ple import sample_weights
 from models.vae import VAEConfig
-from tasks.downstream import selection_mask
-from tasks.params import DownstreamParams
+from tasks.studies.fairness.downstream import selection_mask
+from tasks.studies.fairness.params import DownstreamParams
 
 CONFIG = VAEConfig(hidden=16, depth=1, latent=3)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from flows.grid import grid_flow
+from flows.study import study_flow
 from models.distributions import FAMILIES, draw_true
 from models.hypernet import HyperNetwork
 
@@ -73,7 +73,7 @@ def test_grid_flow_estimates_every_family(tmp_path, prefect_api):
     params = write_params(tmp_path, grid={"distributions": ["exponential", "mixture"], "n_samples": 20,
                                           "generations": 2, "seeds": 3,
                                           "ple": {"lam": 0.1, "steps": 15, "lr": 0.01, "batch_fraction": 0.5}})
-    tidy = grid_flow(params_file=str(params), root=str(tmp_path))
+    tidy = study_flow(study="grid", params_file=str(params), root=str(tmp_path))
     assert set(tidy.distribution) == {"exponential", "mixture"} and set(tidy.method) == {"mle", "hyper_mle", "ple"}
     exp = tidy[(tidy.distribution == "exponential")]
     assert {"rate", "rate_bias", "sensitivity"} <= set(exp.metric)

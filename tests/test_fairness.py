@@ -12,7 +12,7 @@ from fairlearn.metrics import (
 )
 from sklearn.metrics import accuracy_score
 
-from tasks.fairness import aggregate_over_seeds, batched_group_metrics, group_metrics
+from tasks.studies.fairness.group_metrics import aggregate_over_seeds, batched_group_metrics, group_metrics
 
 GROUP_ACCS = ("acc_y0_s0", "acc_y0_s1", "acc_y1_s0", "acc_y1_s1")
 KEYS = {"acc", "eo", "eo_max", "wga", *GROUP_ACCS}

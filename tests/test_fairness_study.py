@@ -13,10 +13,10 @@ import torch
 from mlflow import MlflowClient
 
 from flows.cli import main
-from flows.fairness import build_study, fairness_flow
-from tasks import attribute_data as ad
-from tasks import storage
-from tasks.fairness import GROUP_ACCS
+from flows.study import preflight, study_flow
+from tasks.studies.fairness import attributes as ad
+from tasks.infra import storage
+from tasks.studies.fairness.group_metrics import GROUP_ACCS
 
 from conftest import ROOT, subprocess_env, write_params
 
@@ -32,7 +32,7 @@ TINY = {"n_samples": 80, "generations": 2, "seeds": 2, "methods": METHODS,
 def fairness_run(tmp_path_factory, prefect_api):
     root = tmp_path_factory.mktemp("fairness")
     params = write_params(root, fairness=TINY)
-    return root, fairness_flow(params_file=str(params), root=str(root))
+    return root, study_flow(study="fairness", params_file=str(params), root=str(root))
 
 
 def rows_of(root, method: str, generation: int) -> torch.Tensor:
@@ -106,7 +106,7 @@ def test_outputs_table_and_mlflow(fairness_run):
 def test_bad_input_stops_with_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, bad, message):
     params = write_params(tmp_path, fairness={**TINY, **bad})
     monkeypatch.chdir(tmp_path)
-    assert main(fairness_flow, [str(params)], preflight=build_study) == 2
+    assert main(study_flow, ["fairness"], ["fairness", str(params)], preflight=preflight) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
     assert re.search(message, err[0]), err[0]
@@ -115,7 +115,7 @@ def test_bad_input_stops_with_one_line_and_writes_nothing(tmp_path, monkeypatch,
 
 def test_command_line_runs_the_preflight(tmp_path, prefect_api):
     params = write_params(tmp_path, fairness={**TINY, "threshold": 10})
-    result = subprocess.run([sys.executable, "-m", "flows.fairness", str(params)], cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-m", "flows.study", "fairness", str(params)], cwd=tmp_path,
                             env={**subprocess_env(prefect_api), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     assert result.returncode == 2 and "fairness.threshold = 10" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

@@ -8,9 +8,11 @@ import torch
 from pytorch_fid.inception import InceptionV3
 from sklearn.datasets import load_digits
 
-from models.classifier import accuracy, load_classifier, save_classifier, train_classifier
-from tasks.fid import (
-    INCEPTION_WEIGHTS, InceptionUnavailable, classifier_extractor, extract_features, fid_inception,
+from models.classifier import accuracy, train_classifier
+from tasks.infra.checkpoints import load_classifier, save_classifier
+from tasks.errors import InputUnavailableError
+from tasks.studies.images.fid import (
+    INCEPTION_WEIGHTS,  classifier_extractor, extract_features, fid_inception,
     frechet_distance, inception_extractor, inception_weights_path, pool3_extractor, precision_recall,
     random_inception,
 )
@@ -124,7 +126,7 @@ def offline_hub(tmp_path, monkeypatch):
 def test_inception_extractor_without_weights_names_the_file_and_does_not_download(offline_hub):
     path = offline_hub / "hub" / "checkpoints" / INCEPTION_WEIGHTS
     assert inception_weights_path() == path
-    with pytest.raises(InceptionUnavailable) as error:
+    with pytest.raises(InputUnavailableError) as error:
         inception_extractor(device=CPU)
     message = str(error.value)
     assert "\n" not in message and str(path) in message and "https://" in message

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from flows.gaussian import gaussian_flow
+from flows.study import study_flow
 from models.gaussian import expected_mle_variance
 
 from conftest import write_params
@@ -29,7 +29,7 @@ def _run(tmp_path, n, generations, bias, seeds=3000, distribution="normal", mode
     params = write_params(tmp_path, seed=11, loop={"mode": mode, "sampling_bias": bias},
                           gaussian={"n_samples": n, "generations": generations, "seeds": seeds,
                                     "distribution": distribution})
-    return gaussian_flow(params_file=str(params), root=str(tmp_path))
+    return study_flow(study="gaussian", params_file=str(params), root=str(tmp_path))
 
 
 def _by_generation(tidy: pd.DataFrame, method: str, metric: str) -> pd.DataFrame:

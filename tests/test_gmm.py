@@ -12,8 +12,7 @@ from sklearn.mixture import GaussianMixture
 
 from mlflow import MlflowClient
 
-from flows.gmm import gmm_flow
-from flows.gmm_lambda import gmm_lambda_flow
+from flows.study import study_flow
 from models.gmm import GMMGenerator, Mixture, em, kl_monte_carlo
 from models.hypernet import HyperConfig
 from models.ple import PLEConfig, fit_ensemble
@@ -62,7 +61,7 @@ TINY = {"generations": 2, "seeds": 3, "kl_samples": 500,
 
 def test_gmm_flow_runs_the_grid_with_every_method(tmp_path, prefect_api):
     params = write_params(tmp_path, gmm={"grid": {"weight": [0.9], "n_samples": [20, 40]}, **TINY})
-    tidy = gmm_flow(params_file=str(params), root=str(tmp_path))
+    tidy = study_flow(study="gmm", params_file=str(params), root=str(tmp_path))
     assert set(tidy.method) == {"mle", "hyper_mle", "ple"}
     assert set(zip(tidy.weight, tidy.n_samples)) == {(0.9, 20), (0.9, 40)}
     by_method = tidy.groupby("method").metric.unique()
@@ -85,7 +84,7 @@ def test_gmm_flow_runs_the_grid_with_every_method(tmp_path, prefect_api):
 
 def test_lambda_sweep_runs_ple_per_lambda_beside_the_baselines(tmp_path, prefect_api):
     sweep = {"lams": [0.1, 10.0], "weight": 0.9, "n_samples": 20}
-    tidy = gmm_lambda_flow(params_file=str(write_params(tmp_path, gmm={"lambda_sweep": sweep, **TINY})),
+    tidy = study_flow(study="gmm_lambda", params_file=str(write_params(tmp_path, gmm={"lambda_sweep": sweep, **TINY})),
                            root=str(tmp_path))
     kl = tidy[(tidy.metric == "kl") & (tidy.generation == 1)]
     assert sorted(kl[kl.method == "ple"].lam.unique()) == [0.1, 10.0]
@@ -123,7 +122,7 @@ def test_regime_of_the_imbalanced_low_data_corner(tmp_path, prefect_api):
     """
     params = write_params(tmp_path, gmm={"methods": ["mle", "ple"], "seeds": 32, "generations": 5,
                                          "grid": {"weight": [0.95], "n_samples": [50]}})
-    tidy = gmm_flow(params_file=str(params), root=str(tmp_path))
+    tidy = study_flow(study="gmm", params_file=str(params), root=str(tmp_path))
     kl = tidy[tidy.metric == "kl"].pivot_table(index=["seed", "generation"], columns="method", values="value")
     for method in ("mle", "ple"):
         growth = kl[method].xs(4, level="generation") - kl[method].xs(0, level="generation")
@@ -136,8 +135,8 @@ def test_regime_of_the_imbalanced_low_data_corner(tmp_path, prefect_api):
 def test_three_components_in_two_dimensions(tmp_path):
     """K and d come from params: a 3-component 2-D mixture runs through fit, evaluate and sample."""
     from tasks import loop
-    from tasks.gmm_study import GMMStudy
-    from tasks.params import load_params
+    from tasks.studies.gmm.study import GMMStudy
+    from tasks.studies import load_params
 
     path = write_params(tmp_path, gmm={"means": [[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]], "stds": [[1.0, 1.0]] * 3,
                                        "weights": [1.0, 1.0], **TINY})

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.image_data import (DataUnavailableError, ImageSet, class_pools, draw_imbalanced, load_images, split,
+from tasks.errors import InputUnavailableError
+from tasks.studies.images.data import (ImageSet, class_pools, draw_imbalanced, load_images, split,
                               to_float, to_uint8)
 
 
@@ -110,7 +111,7 @@ def test_cifar10_reads_pickled_batches_channels_first(cifar_dir: Path):
 def test_missing_files_fail_fast_with_one_line(tmp_path: Path, monkeypatch, name: str, missing: str):
     monkeypatch.setenv("AUTOPHAGY_OFFLINE", "1")
     start = time.monotonic()
-    with pytest.raises(DataUnavailableError) as error:
+    with pytest.raises(InputUnavailableError) as error:
         load_images(name, tmp_path)
     assert time.monotonic() - start < 30
     message = str(error.value)
@@ -124,7 +125,7 @@ def test_download_attempt_offline_fails_fast(tmp_path: Path, monkeypatch):
     start = time.monotonic()
     try:
         test = load_images("mnist", tmp_path, train=False)
-    except DataUnavailableError as error:
+    except InputUnavailableError as error:
         assert time.monotonic() - start < 30
         message = str(error)
         assert "\n" not in message and "download failed" in message and "t10k-images-idx3-ubyte" in message

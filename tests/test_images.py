@@ -14,9 +14,11 @@ import torch
 from mlflow import MlflowClient
 
 from flows.classifier import classifier_flow
-from flows.images import build_study, images_flow
-from tasks import storage
-from tasks.params import ParamsError
+from flows.study import study_flow
+from tasks.studies import load_params
+from tasks.studies.images.study import build
+from tasks.infra import storage
+from tasks.errors import ParamsError
 
 from conftest import ROOT, subprocess_env, write_params
 
@@ -31,7 +33,7 @@ def digits_run(tmp_path_factory, prefect_api):
     root = tmp_path_factory.mktemp("digits")
     params = write_params(root, digits={**TINY, "fid_inception": True})
     accuracy = classifier_flow(params_file=str(params), root=str(root), study="digits")
-    tidy = images_flow(params_file=str(params), root=str(root), study="digits")
+    tidy = study_flow(study="digits", params_file=str(params), root=str(root))
     return root, accuracy, tidy
 
 
@@ -56,7 +58,7 @@ def test_generations_store_uint8_images_with_their_shape(digits_run):
 
 def test_real_draw_has_exact_class_counts(digits_run):
     root, _, _ = digits_run
-    study = build_study(str(root / "params.yaml"), "digits", root)
+    study, = build(load_params(root / "params.yaml"), root, "digits")
     labels = study.predict(storage.read_dataset(storage.dataset_path(root / "data/generations/digits/mle", 0)).values[0])
     counts = torch.bincount(labels, minlength=10)
     assert abs(int(counts[3]) - 54) <= 3 and abs(int(counts[6]) - 6) <= 3  # 54 + 6 real images, classifier errors aside
@@ -92,7 +94,7 @@ def test_figures_and_mlflow(digits_run):
 
 def test_missing_classifier_stops_with_one_line_before_the_flow(tmp_path, prefect_api):
     params = write_params(tmp_path, digits=TINY)
-    cmd = [sys.executable, "-m", "flows.images", str(params), "digits"]
+    cmd = [sys.executable, "-m", "flows.study", "digits", str(params)]
     env = {**subprocess_env(prefect_api), "PYTHONPATH": str(ROOT)}
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 2 and "dvc repro classifier_digits" in result.stderr
@@ -108,7 +110,7 @@ def test_missing_classifier_stops_with_one_line_before_the_flow(tmp_path, prefec
 def test_params_the_data_cannot_meet_are_named(tmp_path, bad, message):
     params = write_params(tmp_path, digits={**TINY, **bad})
     with pytest.raises(ParamsError, match=message):
-        build_study(str(params), "digits", tmp_path)
+        build(load_params(params), tmp_path, "digits")
 
 
 def test_the_gmmn_generator_runs_through_the_same_study(digits_run, tmp_path):
@@ -117,7 +119,7 @@ def test_the_gmmn_generator_runs_through_the_same_study(digits_run, tmp_path):
     classifier.parent.mkdir(parents=True)
     shutil.copy2(root / "data/reference/digits/classifier.pt", classifier)
     params = write_params(tmp_path, digits={**TINY, "generator": "gmmn", "methods": ["mle", "ple"]})
-    tidy = images_flow(params_file=str(params), root=str(tmp_path), study="digits")
+    tidy = study_flow(study="digits", params_file=str(params), root=str(tmp_path))
     assert set(tidy.method) == {"mle", "ple"} and (tidy[tidy.metric == "fid_classifier"].value > 0).all()
     loss = tidy[tidy.metric == "data_loss"].value
     assert np.isfinite(loss).all() and (loss.abs() < 2).all()  # MMD^2 with kernels summing to at most 4

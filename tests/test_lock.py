@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from flows.gaussian import gaussian_flow
-from tasks.lock import LockedError, experiment_lock
+from flows.study import study_flow
+from tasks.errors import LockedError
+from tasks.infra.lock import experiment_lock
 
 from conftest import ROOT, subprocess_env, write_params
 
@@ -30,7 +31,7 @@ def test_a_live_holder_stops_the_second_run_before_it_writes(tmp_path, prefect_a
     try:
         _hold(tmp_path, sleeper.pid)
         with pytest.raises(LockedError, match=r"gaussian is locked by run brave-otter \(1234\) \(pid \d+"):
-            gaussian_flow(params_file=str(params), root=str(tmp_path))
+            study_flow(study="gaussian", params_file=str(params), root=str(tmp_path))
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -42,7 +43,7 @@ def test_a_stale_lock_is_taken_over_and_released(tmp_path, prefect_api):
     params = write_params(tmp_path, gaussian=TINY)
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     _hold(tmp_path, int(finished.stdout))  # that process has exited
-    tidy = gaussian_flow(params_file=str(params), root=str(tmp_path))
+    tidy = study_flow(study="gaussian", params_file=str(params), root=str(tmp_path))
     assert sorted(tidy.generation.unique()) == [0, 1, 2, 3]
     assert not (tmp_path / ".locks/gaussian.lock").exists()
 
@@ -61,7 +62,7 @@ def test_the_lock_is_exclusive_and_released_on_error(tmp_path):
 def test_two_processes_at_once_both_succeed_or_one_is_refused(tmp_path, prefect_api):
     params = write_params(tmp_path, gaussian={**TINY, "generations": 30})
     env = {**subprocess_env(prefect_api), "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "flows.gaussian", str(params)]
+    cmd = [sys.executable, "-m", "flows.study", "gaussian", str(params)]
     runs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
     results = [(run.wait(timeout=300), run.communicate()[1]) for run in runs]

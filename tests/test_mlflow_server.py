@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 import pandas as pd
 import pytest
 
-from flows.gaussian import gaussian_flow
+from flows.study import study_flow
 from flows.report import main as report
 
 from conftest import ROOT, api_json, free_port, subprocess_env, wait_for, write_params
@@ -58,7 +58,7 @@ def served_study(mlflow_server, prefect_api, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("served-study")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-        gaussian_flow(params_file=str(write_params(root, gaussian=TINY)), root=str(root))
+        study_flow(study="gaussian", params_file=str(write_params(root, gaussian=TINY)), root=str(root))
     return root
 
 

@@ -12,8 +12,10 @@ import pytest
 import yaml
 
 from flows.cli import main
-from flows.gaussian import gaussian_flow
-from tasks.params import ParamsError, flatten, load_params
+from flows.study import study_flow
+from tasks.errors import ParamsError
+from tasks.params import flatten
+from tasks.studies import load_params
 
 from conftest import ROOT, subprocess_env, write_params
 
@@ -37,7 +39,7 @@ BAD = [
     ({"seed": -1}, "seed = -1"),
     ({"gaussian": {"n_sample": 10}}, "did you mean 'n_samples'"),
     ({"loop": {"mode": True}}, "loop.mode = True"),
-    ({"methods": ["mle", "hyper_mle"], "gaussian": {"methods": None}}, "analytic gaussian study has no hyper_mle"),
+    ({"methods": ["mle", "hyper_mle"], "gaussian": {"methods": None}}, "the gaussian study has no hyper_mle"),
     ({"gmm": {"grid": {"weight": [], "n_samples": [50]}}}, "gmm.grid.weight = []"),
     ({"gmm": {"grid": {"weight": [0.8, 1.0], "n_samples": [50]}}}, "strictly between 0 and 1"),
     ({"gmm": {"grid": {"weight": [0.8], "n_samples": [3]}}}, "at least 4"),
@@ -64,7 +66,7 @@ def test_bad_value_stops_with_one_clear_line(tmp_path, monkeypatch, capsys, over
     path = write_params(tmp_path / "in", **override)
     monkeypatch.chdir(tmp_path)
     before = sorted(tmp_path.rglob("*"))
-    assert main(gaussian_flow, [str(path)]) == 2
+    assert main(study_flow, ["gaussian"], ["gaussian", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {path}:")
     assert expected in err
@@ -81,10 +83,44 @@ def test_missing_key_is_named(tmp_path):
 def test_missing_section_is_named(tmp_path):
     path = write_params(tmp_path)
     params = yaml.safe_load(path.read_text())
-    del params["loop"]
+    del params["grid"]
     path.write_text(yaml.safe_dump(params))
-    with pytest.raises(ParamsError, match="key 'loop' is missing"):
+    with pytest.raises(ParamsError, match="key 'grid' is missing"):
         load_params(path)
+
+
+def test_left_out_keys_take_the_schema_defaults(tmp_path):
+    path = write_params(tmp_path)
+    params = yaml.safe_load(path.read_text())
+    del params["loop"], params["digits"]["ple"]["lr"], params["gmm"]["stds"]
+    path.write_text(yaml.safe_dump(params))
+    loaded = load_params(path)
+    assert loaded.loop.mode == "replace" and loaded.loop.sampling_bias == 1.0 and loaded.loop.real_fraction == 0.5
+    assert loaded.digits.ple.lr == 0.01 and loaded.digits.ple.steps == 1000  # the default, the file's own value
+    assert loaded.gmm.stds == [[1.0], [1.0]] and loaded.gmm.kl_samples == 20000 and loaded.gmm.hyper.head == "chunked"
+
+
+def test_overlay_changes_only_what_it_names(tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"gmm": {"seeds": 7, "ple": {"steps": 11}}, "loop": {"mode": "fresh"}}))
+    base, merged = load_params(ROOT / "params.yaml"), load_params(ROOT / "params.yaml", overlay)
+    assert (merged.gmm.seeds, merged.gmm.ple.steps, merged.loop.mode) == (7, 11, "fresh")
+    assert merged.gmm.ple.lam == base.gmm.ple.lam and merged.gmm.grid == base.gmm.grid
+    assert merged.loop.sampling_bias == base.loop.sampling_bias and merged.digits == base.digits
+
+
+def test_overlay_command_writes_the_merged_file_or_one_line(tmp_path):
+    out = tmp_path / "params.yaml"
+    cmd = [sys.executable, "-m", "tasks.studies", "overlay", str(ROOT / "params.yaml"), str(ROOT / "params.paper.yaml"),
+           "--out", str(out)]
+    assert subprocess.run(cmd, cwd=ROOT, capture_output=True).returncode == 0
+    assert load_params(out) == load_params(ROOT / "params.yaml", ROOT / "params.paper.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"gmm": {"seeds": 0}}))
+    result = subprocess.run([*cmd[:5], str(bad), "--out", str(tmp_path / "merged.yaml")], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "gmm.seeds = 0" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "merged.yaml").exists()
 
 
 @pytest.mark.parametrize("text,expected", [("seed: [unclosed\n", "not valid YAML at line"),
@@ -101,9 +137,9 @@ def test_missing_file(tmp_path):
         load_params(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("name", ["params.yaml", "params.paper.yaml"])
-def test_shipped_params_are_valid_and_flatten(name):
-    params = load_params(ROOT / name)
+@pytest.mark.parametrize("overlay", [None, "params.paper.yaml"])
+def test_shipped_params_are_valid_and_flatten(overlay):
+    params = load_params(ROOT / "params.yaml", overlay and ROOT / overlay)
     flat = flatten(params)
     assert flat["loop.mode"] == params.loop.mode
     assert flat["gaussian.n_samples"] == params.gaussian.n_samples
@@ -113,7 +149,7 @@ def test_shipped_params_are_valid_and_flatten(name):
 def test_command_line_exit_code_and_stderr(tmp_path):
     """The real process: non-zero exit, a single line on stderr, no output folders."""
     path = write_params(tmp_path, loop={"mode": "circular"})
-    result = subprocess.run([sys.executable, "-m", "flows.gaussian", str(path)], cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-m", "flows.study", "gaussian", str(path)], cwd=tmp_path,
                             env={**subprocess_env(), "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "loop.mode = 'circular'" in result.stderr
@@ -133,7 +169,7 @@ def test_unreachable_servers_stop_within_seconds(tmp_path, variable, value, name
     path = write_params(tmp_path)
     env = {**subprocess_env(), "PYTHONPATH": str(ROOT), variable: url}
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "flows.gaussian", str(path)], cwd=tmp_path, env=env,
+    result = subprocess.run([sys.executable, "-m", "flows.study", "gaussian", str(path)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=120)
     elapsed = time.monotonic() - start
     assert result.returncode == 2 and named in result.stderr and url in result.stderr, result.stderr

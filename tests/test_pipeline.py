@@ -17,8 +17,8 @@ import yaml
 from mlflow import MlflowClient
 
 from flows.cli import main
-from flows.gaussian import gaussian_flow
-from tasks import storage
+from flows.study import study_flow
+from tasks.infra import storage
 
 from conftest import run, subprocess_env, write_params
 
@@ -95,13 +95,13 @@ def test_killed_run_resumes_with_identical_numbers(tmp_path, prefect_api, monkey
     sections = dict(seed=5, loop={"mode": "fresh", "real_fraction": 0.3},
                     gaussian={"n_samples": 10, "generations": 24, "seeds": 40})
     reference = tmp_path / "reference"
-    gaussian_flow(params_file=str(write_params(reference, **sections)), root=str(reference))
+    study_flow(study="gaussian", params_file=str(write_params(reference, **sections)), root=str(reference))
 
     killed = tmp_path / "killed"
     params = write_params(killed, **sections)
     env = subprocess_env(prefect_api)
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
-    process = subprocess.Popen([sys.executable, "-m", "flows.gaussian", str(params)], cwd=killed, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "flows.study", "gaussian", str(params)], cwd=killed, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     _wait_for(killed / "data/generations/gaussian/ple/gen_006.json", process)
     process.send_signal(signal.SIGKILL)
@@ -112,7 +112,7 @@ def test_killed_run_resumes_with_identical_numbers(tmp_path, prefect_api, monkey
     stamps = [path.stat().st_mtime_ns for path in kept]
 
     monkeypatch.chdir(killed)
-    assert main(gaussian_flow, [str(params)]) == 0
+    assert main(study_flow, ["gaussian"], ["gaussian", str(params)]) == 0
     assert [path.stat().st_mtime_ns for path in kept] == stamps  # resumed, not started over
     for name in ("per_generation.csv", "curves.csv", "summary.json"):
         assert (killed / "metrics/gaussian" / name).read_bytes() == (reference / "metrics/gaussian" / name).read_bytes()
@@ -124,21 +124,21 @@ def test_killed_run_resumes_with_identical_numbers(tmp_path, prefect_api, monkey
 def test_edited_generation_is_detected_with_the_fix(tmp_path, prefect_api, monkeypatch, capsys):
     params = write_params(tmp_path, **SMALL)
     monkeypatch.chdir(tmp_path)
-    assert main(gaussian_flow, [str(params)]) == 0
+    assert main(study_flow, ["gaussian"], ["gaussian", str(params)]) == 0
     victim = tmp_path / "data/generations/gaussian/mle/gen_002.parquet"
     victim.write_bytes(victim.read_bytes()[:-100])
     summary = (tmp_path / "metrics/gaussian/summary.json").read_bytes()
     capsys.readouterr()
-    assert main(gaussian_flow, [str(params)]) == 2
+    assert main(study_flow, ["gaussian"], ["gaussian", str(params)]) == 2
     err = capsys.readouterr().err.strip()
     assert "gen_002.parquet" in err and "`dvc checkout data/generations/gaussian`" in err and "\n" not in err
     assert (tmp_path / "metrics/gaussian/summary.json").read_bytes() == summary
 
 
 def test_changed_params_start_over(tmp_path, prefect_api):
-    first = gaussian_flow(params_file=str(write_params(tmp_path, gaussian={"n_samples": 8, "generations": 6,
+    first = study_flow(study="gaussian", params_file=str(write_params(tmp_path, gaussian={"n_samples": 8, "generations": 6,
                                                                              "seeds": 5})), root=str(tmp_path))
-    second = gaussian_flow(params_file=str(write_params(tmp_path, **SMALL)), root=str(tmp_path))
+    second = study_flow(study="gaussian", params_file=str(write_params(tmp_path, **SMALL)), root=str(tmp_path))
     assert second.generation.max() == 3 and first.generation.max() == 5
     # No stale generation of the longer run is left behind.
     assert sorted(p.name for p in (tmp_path / "data/generations/gaussian/mle").glob("*.parquet")) == [

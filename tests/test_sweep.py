@@ -14,7 +14,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.sweep import main, sweep_flow
-from tasks import storage
+from tasks.infra import storage
 
 from conftest import write_params
 from test_fairness_study import TINY as FAIRNESS

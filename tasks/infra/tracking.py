@@ -1,0 +1,193 @@
+"""MLflow tracking: one experiment per study, a parent run per execution, a child run per
+method (and grid point), and under each of those a nested run per seed.
+
+The tracking URI is `MLFLOW_TRACKING_URI` when set, else a SQLite file in the repository
+(`.mlflow/mlflow.db`, artifacts in `.mlflow/artifacts`). Every run carries the same tags:
+`level` (study, method or seed), `experiment`, `loop_mode`, `point_keys` (the grid's keys,
+comma-separated, '' without a grid), `torch` and `device`; method and seed runs add `method`,
+`point` ('weight=0.95,n_samples=50', '' without a grid), one tag per grid key and label (the
+columns of `per_generation.csv`), and seed runs `seed`. Metric names are those of the tables:
+a method run has the seed statistics `<metric>_mean`, `_se`, `_median` (as `curves.csv`), a seed
+run its own `<metric>` (as `per_generation.csv`), both with step = generation. Params are logged
+on the parent and method runs (seed runs share them; leaving them out keeps a seed run at three
+calls). Each generation's dataset is an MLflow dataset input of the method run whose digest is
+the md5 DVC records for it.
+A study run as one point of a sweep (`sweep_point`) logs into the sweep's store instead, its
+parent run nested under the sweep's run and tagged with the point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow.data
+import pyarrow.parquet as pq
+from mlflow import MlflowClient
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus
+
+from tasks.loop import GridPoint
+
+
+@dataclass(frozen=True)
+class Store:
+    """A tracking store: its URI and where new experiments keep artifacts (None: the server decides)."""
+
+    uri: str
+    artifacts: str | None
+
+    @classmethod
+    def of(cls, mlflow_dir: Path) -> Store:
+        """`MLFLOW_TRACKING_URI`, else SQLite and artifacts in `mlflow_dir` (created)."""
+        if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+            return cls(uri, None)
+        mlflow_dir.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{(mlflow_dir / 'mlflow.db').resolve()}", (mlflow_dir / "artifacts").resolve().as_uri())
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """What a study run as one point of a sweep logs under: the sweep's store, run and tags."""
+
+    store: Store
+    parent_id: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@functools.cache
+def client(uri: str) -> MlflowClient:
+    """One client per tracking URI and process: tasks get the URI, never a live client."""
+    return MlflowClient(uri)
+
+
+_SWEEP_POINT: ContextVar[SweepPoint | None] = ContextVar("sweep_point", default=None)
+
+
+@contextlib.contextmanager
+def sweep_point(point: SweepPoint) -> Iterator[None]:
+    """Studies started in this context (this thread) log as `point` of a sweep."""
+    token = _SWEEP_POINT.set(point)
+    try:
+        yield
+    finally:
+        _SWEEP_POINT.reset(token)
+
+
+def dataset_entity(path: Path, md5: str) -> Dataset:
+    """An MLflow dataset for a Parquet file: digest = the file's md5, schema from its first rows,
+    profile from the Parquet footer (inferring a schema from every row would take seconds)."""
+    parquet = pq.ParquetFile(path)
+    head = next(parquet.iter_batches(batch_size=256)).to_pandas()
+    with warnings.catch_warnings():  # MLflow warns of integer columns and two local-file sources
+        warnings.simplefilter("ignore", UserWarning)
+        sampled = mlflow.data.from_pandas(head, source=path.resolve().as_uri(), digest=md5)._to_mlflow_entity()
+    rows = parquet.metadata.num_rows
+    profile = {"num_rows": rows, "num_elements": rows * parquet.metadata.num_columns}
+    return Dataset(name=f"{path.parent.name}/{path.stem}", digest=md5, source_type=sampled.source_type,
+                   source=sampled.source, schema=sampled.schema, profile=json.dumps(profile))
+
+
+class StudyTracker:
+    """A parent run for one execution of a study, a child run per method and grid point, a run per seed.
+
+    Inside `sweep_point` the parent run is itself a child of the sweep's run, in the sweep's store."""
+
+    def __init__(self, experiment: str, mlflow_dir: Path, params: dict[str, object], tags: dict[str, str],
+                 name: str | None = None):
+        point = _SWEEP_POINT.get()
+        self.store = point.store if point else Store.of(mlflow_dir)
+        self.client = client(self.store.uri)
+        self.params = [Param(key, str(value)) for key, value in params.items()]
+        self.tags = {"experiment": experiment, **tags, **(point.tags if point else {})}
+        self.methods: dict[str, tuple[str, dict[str, str]]] = {}  # method run id -> (name, tags)
+        self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-seeds")
+        self.pending: list[Future] = []
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=self.store.artifacts)
+        else:
+            self.experiment_id = found.experiment_id
+        nested = {"mlflow.parentRunId": point.parent_id} if point else {}
+        self.parent_id = self._run(name or f"{experiment} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                                   {"level": "study", **self.tags, **nested})
+        self.client.log_batch(self.parent_id, params=self.params)
+
+    def _run(self, name: str, tags: dict[str, str], parent: str | None = None) -> str:
+        tags = tags if parent is None else {**tags, "mlflow.parentRunId": parent}
+        return self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
+
+    def start_method(self, method: str, point: GridPoint, labels: dict[str, object]) -> str:
+        """A child run of the parent for one method at one grid point; the point's keys and the
+        study's labels become tags, as they are columns of per_generation.csv."""
+        name = " ".join([method, *(f"{k}={v}" for k, v in point.coordinates.items())])
+        columns = {k: str(v) for k, v in {**point.coordinates, **labels}.items()}
+        tags = {**self.tags, **columns, "method": method, "point": point.name}
+        run_id = self._run(name, {**tags, "level": "method"}, self.parent_id)
+        self.client.log_batch(run_id, params=self.params)
+        self.methods[run_id] = (name, tags)
+        return run_id
+
+    def log_seeds(self, run_id: str, records: list[dict]) -> None:
+        """A finished run per seed nested under the method run `run_id`, with that seed's value of
+        every metric of every generation in `records` (step = generation; NaN left out, as in the
+        seed statistics). 3 requests per seed, sent by a background thread while the study goes on
+        (`close` waits for them). Above `AUTOPHAGY_MAX_SEED_RUNS` seeds (default 100) none are
+        logged, as thousands of runs would take minutes: the method run is tagged `seed_runs`."""
+        seeds = len(next(iter(records[0]["metrics"].values())))
+        limit = int(os.environ.get("AUTOPHAGY_MAX_SEED_RUNS", "100"))
+        if seeds > limit:
+            self.client.set_tag(run_id, "seed_runs", f"not logged: {seeds} seeds > AUTOPHAGY_MAX_SEED_RUNS={limit}")
+            return
+        self.pending.append(self.background.submit(self._log_seeds, run_id, records))
+
+    def _log_seeds(self, run_id: str, records: list[dict]) -> None:
+        name, tags = self.methods[run_id]
+        now = int(time.time() * 1000)
+        for seed in range(len(next(iter(records[0]["metrics"].values())))):
+            metrics = [Metric(metric, float(values[seed]), now, record["generation"])
+                       for record in records for metric, values in record["metrics"].items()
+                       if values[seed] == values[seed]]
+            child = self._run(f"{name} seed={seed}", {**tags, "level": "seed", "seed": str(seed)}, run_id)
+            self.client.log_batch(child, metrics=metrics)  # the client splits it into batches MLflow accepts
+            self.finish(child)
+
+    def log_artifact(self, path: Path) -> None:
+        self.client.log_artifact(self.parent_id, str(path))
+
+    def close(self, ok: bool) -> None:
+        """Wait for the seed runs still being logged, then finish the parent run; failed seed
+        logging fails the parent and is raised (unless the study itself already failed)."""
+        self.background.shutdown(wait=True)
+        errors = [future.exception() for future in self.pending if future.exception() is not None]
+        self.finish(self.parent_id, ok=ok and not errors)
+        if ok and errors:
+            raise errors[0]
+
+    def finish(self, run_id: str, ok: bool = True) -> None:
+        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+
+
+def log_generation(uri: str, run_id: str, generation: int, metrics: dict[str, float], dataset: Path,
+                   md5: str) -> None:
+    """Metrics of one generation (step = generation) and its dataset as a training input of run `run_id`."""
+    now = int(time.time() * 1000)
+    client(uri).log_batch(run_id, metrics=[Metric(k, v, now, generation) for k, v in metrics.items()])
+    context = InputTag(key="mlflow.data.context", value="training")
+    client(uri).log_inputs(run_id, datasets=[DatasetInput(dataset_entity(dataset, md5), tags=[context])])
+
+
+def log_training(uri: str, run_id: str, generation: int, curves: dict[str, list[float]]) -> None:
+    """Training curves of one generation's fit as `train_<name>/gen_<g>` (g zero-padded to 3 digits) with
+    step = optimiser step."""
+    now = int(time.time() * 1000)
+    client(uri).log_batch(run_id, metrics=[Metric(f"train_{name}/gen_{generation:03d}", value, now, step)
+                                           for name, values in curves.items() for step, value in enumerate(values)])

@@ -1,0 +1,72 @@
+"""Metric tables: the tidy per-seed table, per-generation curves across seeds, the DVC summary.
+
+The same metric names appear in every output: `per_generation.csv` (one row per experiment,
+method, seed, generation and metric), `curves.csv` (`<metric>_mean`, `_se`, `_median` per
+method and generation, for `dvc plots`), `summary.json` (the last generation, for
+`dvc metrics show`) and MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+TIDY_COLUMNS = ["experiment", "method", "seed", "generation", "metric", "value"]
+
+
+def tidy_rows(experiment: str, method: str, generation: int, metrics: dict[str, list[float]]) -> pd.DataFrame:
+    """Long-format rows of one generation: one row per seed and metric."""
+    frames = [
+        pd.DataFrame({"experiment": experiment, "method": method, "seed": np.arange(len(values)),
+                      "generation": generation, "metric": name, "value": values})
+        for name, values in metrics.items()
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def standard_error(values: np.ndarray) -> float:
+    """The standard error of the mean over seeds: sample std (ddof = 1) / sqrt(S); NaN for one seed."""
+    values = np.asarray(values, dtype=float)
+    return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+
+
+def seed_stats(values: np.ndarray) -> dict[str, float]:
+    """Mean, standard error (NaN for one seed; left out of summary.json) and median over seeds."""
+    values = np.asarray(values, dtype=float)
+    return {"mean": float(values.mean()), "se": standard_error(values), "median": float(np.median(values))}
+
+
+def curves(tidy: pd.DataFrame, grid: list[str] = ()) -> pd.DataFrame:
+    """One row per (method, grid point, generation): `<metric>_mean`, `<metric>_se`, `<metric>_median`."""
+    keys = ["method", *grid, "generation"]
+    rows = []
+    for values, group in tidy.groupby(keys, sort=True):
+        row = dict(zip(keys, values))
+        for metric, values in group.groupby("metric", sort=False)["value"]:
+            row.update({f"{metric}_{k}": v for k, v in seed_stats(values.to_numpy()).items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary(curve_table: pd.DataFrame, grid: list[str] = ()) -> dict:
+    """The last generation's statistics: {'generation': G, method: {name: value}}, or with a grid
+    {'generation': G, method: {'weight=0.95,n_samples=50': {name: value}}}."""
+    last = int(curve_table["generation"].max())
+    final = curve_table[curve_table["generation"] == last]
+    out: dict = {"generation": last}
+    for _, row in final.iterrows():
+        stats = {k: float(v) for k, v in row.items()
+                 if k not in ("method", "generation", *grid) and not pd.isna(v)}  # a metric this point lacks
+        if grid:
+            point = ",".join(f"{key}={row[key]}" for key in grid)
+            out.setdefault(row["method"], {})[point] = stats
+        else:
+            out[row["method"]] = stats
+    return out
+
+
+def summary_json(curve_table: pd.DataFrame, grid: list[str] = ()) -> str:
+    return json.dumps(summary(curve_table, grid), indent=2) + "\n"

@@ -1,0 +1,78 @@
+"""What every study shares: its registry entry (`StudySpec`) and the base class of its `Study`.
+
+A study is a module (or package) of `tasks/studies/` that defines
+- its params section, a `tasks.params.StudyParams` subclass with defaults for what users rarely change;
+- its `tasks.loop.Study`: how to draw real data, fit by each method, sample and evaluate;
+- `build(params, root)`: the study's `Study` objects, one per grid point, every input checked;
+- `figures(studies, params, tidy, curves, paths)`: its figures, drawn from the tables;
+- a `StudySpec` that names all of these, listed in `tasks.studies.STUDIES`.
+The flow `flows.study` then gives it every loop mode, storage, resuming, tables, tracking and a
+DVC stage (docs/extending.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from models.ple import Fitted
+from tasks.infra.paths import StudyPaths
+from tasks.loop import GridPoint, Study
+from tasks.params import Method, StudyParams
+
+Build = Callable[[Any, Path], list[Study]]  # (Params, repository root) -> one Study per grid point
+Figures = Callable[[list[Study], Any, pd.DataFrame, pd.DataFrame, StudyPaths], list[Path]]
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A study as the pipeline knows it: one DVC stage, one MLflow experiment, one folder per output kind."""
+
+    name: str  # the DVC stage, MLflow experiment and output folders
+    section: str  # its section of params.yaml (several studies may share one)
+    params: type[StudyParams]  # the section's model
+    build: Build
+    figures: Figures
+    report_metrics: tuple[str, ...]  # what `flows.report` shows (shell-style patterns)
+    methods: tuple[str, ...] = ("mle", "hyper_mle", "ple")  # the methods it can run
+    required: bool = True  # False: the section may be left out of params.yaml (the study is then unavailable)
+    raw_data: str | None = None  # a folder under data/raw it needs: in `make run` only when that holds files
+    reference_classifier: bool = False  # needs the stage classifier_<name> first
+    sweepable: bool = True  # `flows.sweep` can run it at points of a grid
+
+    def default(self, root: Path = Path(".")) -> bool:
+        """Whether `make run` runs it: always, or when its raw data is in place."""
+        return self.raw_data is None or any((root / "data" / "raw" / self.raw_data).glob("*"))
+
+
+class StudyBase:
+    """Defaults of a `tasks.loop.Study`: `seeds`, `generations` and `n_samples` read from the study's
+    params section `self.params`, no grid, no extra columns, the methods of the params, and the
+    training curves of a `Fitted`. A subclass overrides what it has (e.g. `point` as a field)."""
+
+    params: StudyParams
+    point = GridPoint()
+    labels: dict[str, object] = {}
+    methods: tuple[Method, ...] | None = None
+
+    @property
+    def n_samples(self) -> int:
+        return self.params.n_samples
+
+    @property
+    def seeds(self) -> int:
+        return self.params.seeds
+
+    @property
+    def generations(self) -> int:
+        return self.params.generations
+
+    def training_curves(self, model: Any) -> dict[str, list[float]]:
+        """The fit and penalty per optimiser step of a model trained by gradient descent; {} otherwise."""
+        if isinstance(model, Fitted) and model.curve.fit:
+            return {"fit": model.curve.fit, "penalty": model.curve.penalty}
+        return {}

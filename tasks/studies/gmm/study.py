@@ -1,0 +1,155 @@
+"""The Gaussian-mixture study (PLE paper Fig. 3): its params section and its `tasks.loop.Study`, one per grid point.
+
+True data: a K-component diagonal mixture whose first component has weight `weight` (the grid's
+imbalance) and the others share 1 - weight. Methods: `mle` (EM), `hyper_mle` (hypernetwork,
+lambda = 0) and `ple` (hypernetwork with the penalty). Metrics per seed: KL(p_true || q_est) by
+Monte Carlo and its Monte Carlo standard error, the estimated weights, means and standard
+deviations (components ordered by their first mean coordinate), and for the hypernetwork methods
+the final fit and penalty terms and the sensitivity ||H(X1) - H(X2)|| / ||H(X1)|| on two
+disjoint halves X1, X2 of the data (near 0: the hypernetwork ignores its input).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from models.gmm import GMMGenerator, Mixture, em, kl_monte_carlo
+from models.ple import Fitted
+from tasks.loop import Dataset, GridPoint
+from tasks.methods import fit_method
+from tasks.params import HyperStudyParams, Strict
+from tasks.studies.base import StudyBase
+
+
+class GMMGrid(Strict):
+    weight: list[float] = Field(min_length=1, description="weight of the first (majority) component")
+    n_samples: list[int] = Field(min_length=1, description="points per generation")
+
+    @field_validator("weight")
+    @classmethod
+    def _weights_in_unit_interval(cls, values: list[float]) -> list[float]:
+        if not all(0.0 < v < 1.0 for v in values):
+            raise ValueError("every weight must lie strictly between 0 and 1")
+        return values
+
+    @field_validator("n_samples")
+    @classmethod
+    def _enough_points(cls, values: list[int]) -> list[int]:
+        if not all(v >= 4 for v in values):
+            raise ValueError("every sample size must be at least 4")
+        return values
+
+
+class LambdaSweep(Strict):
+    """PLE at several penalty weights, at one point of the grid, beside MLE and hyper-MLE (lambda = 0)."""
+
+    lams: list[float] = Field(min_length=1, description="penalty weights, each > 0")
+    weight: float = Field(gt=0.0, lt=1.0)
+    n_samples: int = Field(ge=4)
+
+    @field_validator("lams")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        if not all(v > 0 for v in values):
+            raise ValueError("every lambda must be > 0 (lambda = 0 is hyper_mle, which the sweep runs anyway)")
+        return values
+
+
+class GMMParams(HyperStudyParams):
+    """The `gmm:` section: a grid of imbalance x sample size, and the lambda ablation `lambda_sweep`."""
+
+    means: list[list[float]] = Field(default=[[0.0], [2.0]], min_length=2,
+                                     description="K component means, each of dimension d")
+    stds: list[list[float]] = Field(default=[[1.0], [1.0]], min_length=2,
+                                    description="K component standard deviations (K x d)")
+    weights: list[float] = Field(default=[1.0], min_length=1, description="relative weights of components 2..K "
+                                 "(component 1 takes grid.weight, the rest share 1 - weight in these ratios)")
+    grid: GMMGrid
+    kl_samples: int = Field(default=20000, ge=100, description="Monte Carlo draws for KL(p_true || q)")
+    lambda_sweep: LambdaSweep
+
+    @model_validator(mode="after")
+    def _consistent_shapes(self) -> GMMParams:
+        k, d = len(self.means), len(self.means[0])
+        if any(len(m) != d for m in self.means) or len(self.stds) != k or any(len(s) != d for s in self.stds):
+            raise ValueError(f"means and stds must both be {k} x {d} (components x dimensions)")
+        if any(v <= 0 for row in self.stds for v in row):
+            raise ValueError("every standard deviation must be positive")
+        if len(self.weights) != k - 1 or any(v <= 0 for v in self.weights):
+            raise ValueError(f"weights needs {k - 1} positive entries, one per component after the first")
+        return self
+
+
+@dataclass(frozen=True)
+class GMMStudy(StudyBase):
+    """One grid point: majority weight, sample size and the penalty weight lam of method ple.
+
+    `point` names the point in outputs; `methods`, when set, restricts the methods run there.
+    """
+
+    params: GMMParams
+    weight: float
+    n: int
+    lam: float
+    point: GridPoint
+    methods: tuple[str, ...] | None = None
+    experiment: str = "gmm"
+
+    @property
+    def n_samples(self) -> int:
+        return self.n
+
+    @property
+    def config(self) -> dict:
+        settings = self.params.model_dump(exclude={"methods", "grid", "lambda_sweep"})
+        return {**settings, "weight": self.weight, "n_samples": self.n, "lam": self.lam}
+
+    @property
+    def k(self) -> int:
+        return len(self.params.means)
+
+    def truth(self) -> Mixture:
+        """The true mixture, repeated over seeds: (S, K), (S, K, d), (S, K, d) in float64."""
+        rest = torch.tensor(self.params.weights, dtype=torch.float64)
+        weights = torch.cat([torch.tensor([self.weight], dtype=torch.float64), (1 - self.weight) * rest / rest.sum()])
+        means = torch.tensor(self.params.means, dtype=torch.float64)
+        stds = torch.tensor(self.params.stds, dtype=torch.float64)
+        s = self.seeds
+        return Mixture(weights.expand(s, -1), means.expand(s, -1, -1), stds.expand(s, -1, -1))
+
+    def draw_real(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return self.truth().sample(n, 1.0, generator)
+
+    def fit(self, data: Dataset, method: str, generator: torch.Generator) -> Fitted:
+        """EM for mle; else hypernetworks with lambda = 0 (hyper_mle) or self.lam (ple)."""
+        d = data.values.shape[-1]
+        fitted = fit_method(method, data.values, lambda: GMMGenerator(self.k, d), self.params.hyper, self.params.ple,
+                            generator, lam=self.lam, closed_form=lambda x: em(x, self.k))
+        if fitted.ensemble is not None:
+            w = fitted.estimate
+            fitted.estimate = Mixture(w["logits"].softmax(-1).double(), w["means"].double(),
+                                      w["log_stds"].exp().double()).sorted()
+        return fitted
+
+    def sample(self, model: Fitted, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
+        return model.estimate.sample(n, sampling_bias, generator)
+
+    def evaluate(self, model: Fitted, data: Dataset) -> dict[str, torch.Tensor]:
+        kl, kl_se = kl_monte_carlo(self.truth(), model.estimate, self.params.kl_samples,
+                                   torch.Generator().manual_seed(0))
+        metrics = {"kl": kl, "kl_mc_se": kl_se}
+        mix = model.estimate
+        for c in range(self.k):
+            metrics[f"weight_{c + 1}"] = mix.weights[:, c]
+            for j in range(mix.means.shape[-1]):
+                suffix = f"{c + 1}" if mix.means.shape[-1] == 1 else f"{c + 1}_{j + 1}"
+                metrics[f"mean_{suffix}"] = mix.means[:, c, j]
+                metrics[f"std_{suffix}"] = mix.stds[:, c, j]
+        if model.ensemble is not None:
+            metrics["sensitivity"] = model.ensemble.sensitivity(data.values.float())
+            metrics["fit_loss"] = model.curve.final_fit
+            metrics["penalty"] = model.curve.final_penalty
+        return metrics

@@ -1,0 +1,110 @@
+"""The distribution grid (PLE paper Fig. 4): a `tasks.loop.Study` per family, and its figure.
+
+Each family of `models.distributions` is estimated per generation by its closed-form MLE
+(`mle`) or by a hypernetwork trained without (`hyper_mle`) or with (`ple`) the PLE penalty.
+Metrics per seed: every reported parameter, its bias against the true value (`<param>_bias`),
+and for the hypernetwork methods the sensitivity of `HyperEnsemble.sensitivity`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from pydantic import Field, field_validator
+
+from models.distributions import FAMILIES, draw_true
+from models.ple import Fitted
+from tasks.infra.paths import StudyPaths
+from tasks.loop import Dataset, GridPoint
+from tasks.methods import fit_method
+from tasks.outputs.figures import draw_metric, save
+from tasks.params import HyperStudyParams, unique
+from tasks.studies.base import StudyBase, StudySpec
+
+
+class GridParams(HyperStudyParams):
+    """The `grid:` section: each family's parameters by MLE and hypernetwork PLE."""
+
+    distributions: list[Literal["normal", "uniform", "exponential", "laplace", "mixture"]] = Field(min_length=1)
+    n_samples: int = Field(ge=4)
+
+    _unique_distributions = field_validator("distributions")(unique)
+
+
+@dataclass(frozen=True)
+class FamilyStudy(StudyBase):
+    params: GridParams
+    distribution: str
+    experiment: str = "grid"
+
+    @cached_property
+    def family(self):
+        """The family's module, built once (its closed forms do not depend on its weights)."""
+        return FAMILIES[self.distribution]()
+
+    @property
+    def point(self) -> GridPoint:
+        return GridPoint({"distribution": self.distribution})
+
+    @property
+    def config(self) -> dict:
+        return {**self.params.model_dump(exclude={"methods", "distributions"}), **self.point.coordinates}
+
+    def draw_real(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return draw_true(self.family, self.seeds, n, generator)
+
+    def fit(self, data: Dataset, method: str, generator: torch.Generator) -> Fitted:
+        """Closed-form MLE; else hypernetworks with lambda = 0 (hyper_mle) or ple.lam (ple)."""
+        fitted = fit_method(method, data.values, FAMILIES[self.distribution], self.params.hyper, self.params.ple,
+                            generator, closed_form=self.family.mle)
+        if fitted.ensemble is not None:
+            fitted.estimate = {k: v.double() for k, v in self.family.readout(fitted.estimate).items()}
+        return fitted
+
+    def sample(self, model: Fitted, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
+        return self.family.sample(model.estimate, n, sampling_bias, generator)
+
+    def evaluate(self, model: Fitted, data: Dataset) -> dict[str, torch.Tensor]:
+        metrics = dict(model.estimate)
+        metrics.update({f"{k}_bias": v - self.family.truth[k] for k, v in model.estimate.items()})
+        if model.ensemble is not None:
+            metrics["sensitivity"] = model.ensemble.sensitivity(data.values.float())
+        return metrics
+
+
+def build(params, root: Path) -> list[FamilyStudy]:
+    return [FamilyStudy(params.grid, name) for name in params.grid.distributions]
+
+
+def parameter_panels(curve_table: pd.DataFrame, path: Path, title: str) -> Path:
+    """One panel per distribution and parameter: mean ± SE and median over seeds per method."""
+    panels = [(name, param) for name in curve_table.distribution.unique() for param in FAMILIES[name].truth]
+    columns = 4
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for i, (ax, (name, param)) in enumerate(zip(axes.flat, panels)):
+        truth = FAMILIES[name].truth[param]
+        subset = curve_table[curve_table.distribution == name]
+        draw_metric(ax, subset, param, pd.Series(truth, index=subset.generation.unique(), name="true value"),
+                    legend=i == 0)
+        ax.set_title(f"{name}: {param}", fontsize=9)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return save(fig, path)
+
+
+def figures(studies, params, tidy: pd.DataFrame, curve_table: pd.DataFrame, paths: StudyPaths) -> list[Path]:
+    title = (f"{params.loop.mode} loop, n={params.grid.n_samples}, {params.grid.seeds} seeds, "
+             f"ple lambda={params.grid.ple.lam}")
+    return [parameter_panels(curve_table, paths.figures / "parameters.png", title)]
+
+
+STUDY = StudySpec(name="grid", section="grid", params=GridParams, build=build, figures=figures,
+                  report_metrics=("*_bias",))

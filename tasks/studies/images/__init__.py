@@ -1,0 +1,41 @@
+"""The image studies (PLE paper's MNIST VAE): a generator trained by mle, hyper_mle and ple on an
+imbalanced set of classes, generation after generation, with FID and the minority's share.
+
+`digits` runs offline on scikit-learn's 8x8 digits; `mnist` and `cifar10` read files under
+data/raw/<dataset> (README). Each needs its reference classifier first (`classifier_<study>`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.infra.paths import StudyPaths
+from tasks.studies.base import StudySpec
+from tasks.studies.images import figures as image_figures
+from tasks.studies.images.params import ImageParams
+from tasks.studies.images.study import build
+
+
+def figures(studies, params, tidy: pd.DataFrame, curve_table: pd.DataFrame, paths: StudyPaths) -> list[Path]:
+    """The metric curves, the samples of every generation side by side, and one sample grid per generation."""
+    study = studies[0]
+    section, methods = study.params, params.methods_of(study.experiment)
+    title = (f"{study.experiment}: {section.generator} on classes {section.classes} at {section.proportions}, "
+             f"{params.loop.mode} loop, n={section.n_samples}, {section.seeds} seeds (mean ± SE, median)")
+    return [image_figures.curves(curve_table, paths, title),
+            image_figures.side_by_side(paths, methods, section.generations),
+            *image_figures.sample_grids(paths, methods, section.generations)]
+
+
+def image_study(name: str, **options) -> StudySpec:
+    return StudySpec(name=name, section=name, params=ImageParams, build=partial(build, study=name), figures=figures,
+                     report_metrics=tuple(image_figures.CURVES), reference_classifier=True, sweepable=False,
+                     **options)
+
+
+DIGITS = image_study("digits")
+MNIST = image_study("mnist", required=False, raw_data="mnist")
+CIFAR10 = image_study("cifar10", required=False, raw_data="cifar10")

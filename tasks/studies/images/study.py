@@ -1,0 +1,196 @@
+"""An image study (the PLE paper's MNIST VAE) as a `tasks.loop.Study`; generator: VAE or GMMN.
+
+Real data: the training split of `dataset`, restricted to `classes` in `proportions` (the
+paper: digits 3 and 6 at 9:1); every real draw D_0 holds exactly round(n p_c) images of class c.
+Datasets hold uint8 images (S, N, *image shape); the generator sees them scaled to [0, 1] and
+its samples are quantised back to uint8, so what is stored is exactly what the next model fits.
+
+Metrics per seed, each from `eval_samples` generated images drawn with a fixed seed:
+- fid_classifier: Frechet distance between reference-classifier features of the samples and of
+  the held-out real images of the same classes in the same proportions (`reference`);
+- fid_inception: the same on Inception pool3 features, when enabled and its weights are present;
+- minority_ratio: share of samples the reference classifier labels as the minority class,
+  divided by the minority's share of the real data (1: fair); share_other: share labelled as a
+  class outside `classes`; precision and recall (k = 5) in classifier feature space;
+- data_loss: the generator's fit loss on its own training data D_g, one fixed noise draw
+  (negative ELBO in nats per image for the VAE, MMD^2 for the GMMN);
+- for hyper_mle and ple: the final fit and penalty terms and the sensitivity of `HyperEnsemble`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.func import functional_call, vmap
+
+from models.classifier import Classifier
+from models.gmmn import GMMN
+from models.gmmn import PRESETS as GMMN_PRESETS
+from models.ple import Fitted, Generative, sample_weights
+from models.vae import PRESETS as VAE_PRESETS
+from models.vae import VAE
+from tasks.errors import InputUnavailableError, ParamsError
+from tasks.infra import checkpoints, storage
+from tasks.infra.device import default_device
+from tasks.infra.paths import StudyPaths
+from tasks.loop import Dataset, generator
+from tasks.methods import fit_method
+from tasks.studies.base import StudyBase
+from tasks.studies.images import fid
+from tasks.studies.images.data import ImageSet, class_pools, draw_imbalanced, load_images, split, to_float, to_uint8
+from tasks.studies.images.params import ImageParams
+
+GENERATORS = {"vae": (VAE, VAE_PRESETS), "gmmn": (GMMN, GMMN_PRESETS)}
+EVAL_SEED = 0  # the same generated images are scored for every method and generation
+
+
+def reference_size(test: ImageSet, classes: list[int], proportions: list[float]) -> int:
+    """The largest n whose round(n p_c) images of every class c the held-out split can supply."""
+    counts = [int((test.labels == c).sum()) for c in classes]
+    return min(math.floor(count / p) for count, p in zip(counts, proportions))
+
+
+@dataclass(frozen=True)
+class ImageStudy(StudyBase):
+    """`train`: the real training split; `reference`: held-out real images at the study's proportions."""
+
+    params: ImageParams
+    experiment: str
+    train: ImageSet
+    reference: ImageSet
+    classifier: Classifier
+    classifier_md5: str
+    inception: Callable[[torch.Tensor], torch.Tensor] | None
+    device: torch.device
+
+    @property
+    def config(self) -> dict:
+        settings = self.params.model_dump(exclude={"methods", "eval_samples", "fid_inception"})
+        return {**settings, "classifier_md5": self.classifier_md5}
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.images.shape[1:])
+
+    def make_generator(self) -> Generative:
+        kind, presets = GENERATORS[self.params.generator]
+        return kind(self.event_shape, presets[self.params.preset])
+
+    def draw_real(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        p = self.params
+        return torch.stack([draw_imbalanced(self.train, p.classes, p.proportions, n, generator).images
+                            for _ in range(self.seeds)])
+
+    def fit(self, data: Dataset, method: str, generator: torch.Generator) -> Fitted:
+        """The generator's own loss for mle; hypernetworks with lambda = 0 (hyper_mle) or lam (ple)."""
+        return fit_method(method, to_float(data.values), self.make_generator, self.params.hyper, self.params.ple,
+                          generator, self.device)
+
+    def sample(self, model: Fitted, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
+        return to_uint8(sample_weights(self.make_generator().to(self.device), model.estimate, n, sampling_bias,
+                                       generator))
+
+    def features(self, images: torch.Tensor) -> np.ndarray:
+        return fid.extract_features(fid.classifier_extractor(self.classifier), images, device=self.device)
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """The reference classifier's labels of uint8 images."""
+        return torch.from_numpy(fid.extract_features(self.classifier, images, device=self.device).argmax(1))
+
+    @cached_property
+    def reference_features(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Classifier (and Inception, when enabled) features of the held-out real images."""
+        images = self.reference.images
+        inception = fid.extract_features(self.inception, images, device=self.device) if self.inception else None
+        return self.features(images), inception
+
+    def evaluate(self, model: Fitted, data: Dataset) -> dict[str, torch.Tensor]:
+        p = self.params
+        samples = self.sample(model, p.eval_samples, 1.0, torch.Generator().manual_seed(EVAL_SEED))
+        real, real_inception = self.reference_features
+        minority_share = p.proportions[p.classes.index(p.minority)]
+        rows: dict[str, list[float]] = {}
+        for images in samples:
+            feats = self.features(images)
+            labels = self.predict(images)
+            precision, recall = fid.precision_recall(real, feats, k=5)
+            values = {
+                "fid_classifier": fid.frechet_distance(real, feats),
+                "minority_ratio": float((labels == p.minority).double().mean()) / minority_share,
+                "share_other": float((~torch.isin(labels, torch.tensor(p.classes))).double().mean()),
+                "precision": precision, "recall": recall,
+            }
+            if real_inception is not None:
+                values["fid_inception"] = fid.frechet_distance(
+                    real_inception, fid.extract_features(self.inception, images, device=self.device))
+            for name, value in values.items():
+                rows.setdefault(name, []).append(value)
+        metrics = {name: torch.tensor(values, dtype=torch.float64) for name, values in rows.items()}
+        metrics["data_loss"] = self.data_loss(model, to_float(data.values))
+        if model.ensemble is not None:
+            metrics["sensitivity"] = model.ensemble.sensitivity(to_float(data.values))
+            metrics["fit_loss"] = model.curve.final_fit
+            metrics["penalty"] = model.curve.final_penalty
+        return metrics
+
+    def data_loss(self, model: Fitted, x: torch.Tensor) -> torch.Tensor:
+        """The fit loss of every seed's model on its data x (S, n, *event), one fixed noise draw."""
+        target = self.make_generator().to(self.device)
+        noise = torch.stack([target.noise(x.shape[1], torch.Generator().manual_seed(EVAL_SEED))] * x.shape[0])
+        with torch.no_grad():
+            return vmap(lambda w, xs, e: functional_call(target, w, (xs, e), {"op": "nll"}), randomness="error")(
+                model.estimate, x.to(self.device), noise.to(self.device)).double().cpu()
+
+
+def section_of(params, study: str) -> ImageParams:
+    """The study's params section; ParamsError when params.yaml has none."""
+    section = getattr(params, study, None)
+    if not isinstance(section, ImageParams):
+        raise ParamsError(f"params has no image study '{study}'; add a '{study}:' section like 'digits:'")
+    return section
+
+
+def real_splits(params: ImageParams, seed: int, raw_dir: Path, study: str) -> tuple[ImageSet, ImageSet]:
+    """(training, held-out) real images: the official splits of mnist and cifar10; for digits a
+    split stratified by class with `test_fraction` held out, fixed by the global seed.
+
+    ParamsError when a class is absent or the training split cannot supply n_samples images."""
+    if params.dataset == "digits":
+        train, test = split(load_images("digits", raw_dir), params.test_fraction, generator(seed, "split", "digits"))
+    else:
+        train, test = load_images(params.dataset, raw_dir, train=True), load_images(params.dataset, raw_dir, False)
+    try:
+        class_pools(train, params.classes)
+    except ValueError as exc:
+        raise ParamsError(f"{study}.classes = {params.classes}: {exc}") from None
+    try:
+        draw_imbalanced(train, params.classes, params.proportions, params.n_samples, torch.Generator())
+    except ValueError as exc:
+        raise ParamsError(f"{study}.n_samples = {params.n_samples}: {exc}") from None
+    return train, test
+
+
+def build(params, root: Path, study: str) -> list[ImageStudy]:
+    """The study with its data, held-out reference set and classifier; every input checked first."""
+    section, paths = section_of(params, study), StudyPaths(root, study)
+    train, test = real_splits(section, params.seed, paths.raw, study)
+    size = reference_size(test, section.classes, section.proportions)
+    reference = draw_imbalanced(test, section.classes, section.proportions, size,
+                                generator(params.seed, "reference", study))
+    if not paths.classifier.exists():
+        raise InputUnavailableError(
+            f"{paths.classifier} is missing; train it with `dvc repro classifier_{study}` "
+            f"(or python -m flows.classifier {study})")
+    inception = None
+    if section.fid_inception:
+        try:
+            inception = fid.inception_extractor(device=default_device())
+        except InputUnavailableError as exc:
+            print(f"fid_inception skipped: {exc}")  # a Prefect log line inside the flow (log_prints)
+    return [ImageStudy(section, study, train, reference, checkpoints.load_classifier(paths.classifier),
+                       storage.md5(paths.classifier), inception, default_device())]
