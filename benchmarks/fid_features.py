@@ -1,7 +1,7 @@
 """Inception FID: our in-memory extraction against pytorch-fid's own pipeline, measured in one run.
 
 1. Throughput (images/s, end to end: model built, features of both sets, Frechet distance) of
-   `tasks.fid` (uint8 tensors scaled batch by batch, pool3 features, float64 statistics) against
+   `tasks.studies.images.fid` (uint8 tensors scaled batch by batch, pool3 features, float64 statistics) against
    pytorch-fid's `calculate_fid_given_paths` on the same images saved as PNG files, and the two FID
    values, which must agree.
 2. For context, the throughput of the reference classifier's features (`fid_classifier`).
@@ -92,7 +92,7 @@ def main() -> None:
     print(f"Inception FID (random FID-Inception weights), 2 x {args.n} sklearn digits 8x8 grey, batch "
           f"{args.batch_size}, {device}, {torch.get_num_threads()} threads; end to end incl. model load")
     print(f"  {'pipeline':<44}{'seconds':>9}{'images/s':>10}{'FID':>14}")
-    print(f"  {'tasks.fid: uint8 tensors -> pool3 -> FD':<44}{t_ours:9.1f}{total / t_ours:10.1f}{fid_ours:14.10g}")
+    print(f"  {'tasks...fid: uint8 -> pool3 -> FD':<44}{t_ours:9.1f}{total / t_ours:10.1f}{fid_ours:14.10g}")
     print(f"  {'pytorch-fid: calculate_fid_given_paths(PNG)':<44}{t_theirs:9.1f}{total / t_theirs:10.1f}"
           f"{fid_theirs:14.10g}")
     print(f"  speed ratio ours / pytorch-fid: {t_theirs / t_ours:.2f}; FID relative difference: "

@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from tasks import loop, steps  # noqa: E402
 from tasks.studies.gaussian import GaussianStudy  # noqa: E402
-from tasks.params import GaussianParams, LoopParams  # noqa: E402
+from tasks.params import LoopParams  # noqa: E402
+from tasks.studies.gaussian import GaussianParams  # noqa: E402
 
 
 def chain(study: GaussianStudy, settings: LoopParams, method: str, generations: int, seed: int = 0) -> None:

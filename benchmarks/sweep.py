@@ -33,7 +33,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)  # every run logs into its temporary
 
 from gaussian_vectorisation import compute_seconds, repro_seconds  # noqa: E402
 
-from flows.gaussian import gaussian_flow  # noqa: E402
+from flows.study import study_flow  # noqa: E402
 from flows.sweep import one_server, sweep_flow  # noqa: E402
 
 METHODS = 2  # mle and ple

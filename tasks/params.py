@@ -46,20 +46,21 @@ class LoopParams(Strict):
 class HyperParams(Strict):
     """The hypernetwork of `models.hypernet.HyperConfig` (docs/methods.md)."""
 
-    hidden: int = Field(default=32, ge=1)
-    encoder_depth: int = Field(default=2, ge=1)
-    post_depth: int = Field(default=1, ge=0)
-    head: Literal["chunked", "linear"] = "chunked"
-    chunk: int = Field(default=256, ge=1)
-    embed: int = Field(default=8, ge=1)
+    hidden: int = Field(default=32, ge=1, description="width of the per-sample and post-pooling MLPs")
+    encoder_depth: int = Field(default=2, ge=1, description="layers of the per-sample MLP")
+    post_depth: int = Field(default=1, ge=0, description="layers of the MLP after mean pooling")
+    head: Literal["chunked", "linear"] = Field(default="chunked", description="how the pooled code becomes the "
+                                               "weights (docs/methods.md)")
+    chunk: int = Field(default=256, ge=1, description="entries per chunk of the chunked head")
+    embed: int = Field(default=8, ge=1, description="size of each chunk's learned embedding")
 
 
 class PLEParams(Strict):
     """Training of the hypernetwork (`models.ple.PLEConfig`); `hyper_mle` uses lam = 0."""
 
     lam: float = Field(default=0.1, gt=0.0, description="penalty weight lambda of method ple")
-    steps: int = Field(default=300, ge=1)
-    lr: float = Field(default=0.01, gt=0.0)
+    steps: int = Field(default=300, ge=1, description="Adam steps per fit (also of mle for neural generators)")
+    lr: float = Field(default=0.01, gt=0.0, description="Adam's learning rate")
     batch_fraction: float = Field(default=0.5, gt=0.0, le=1.0, description="share of the data in each step's random "
                                   "subset; below 1 the hypernetwork must map different batches to different weights")
 

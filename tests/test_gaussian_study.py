@@ -1,5 +1,5 @@
 """The Gaussian study through the real flow (Prefect test server, Parquet, MLflow on SQLite),
-checked against theory (GUIDE section 2):
+checked against theory (docs/methods.md, docs/loop.md):
 
 - MLE in the replace loop: E[sigma_hat_g^2] = sigma^2 ((n-1)/n)^(g+1) lambda^g;
 - PLE: E[sigma_hat_g] = sigma for normal data and lambda = 1 (the estimate is a martingale).

@@ -1,4 +1,4 @@
-"""The loop modes of GUIDE section 1, on small tensors where every point can be traced."""
+"""The loop modes of docs/loop.md, on small tensors where every point can be traced."""
 
 from __future__ import annotations
 

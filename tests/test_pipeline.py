@@ -4,7 +4,6 @@ server, MLflow on SQLite; resuming after SIGKILL; corrupt and stale data."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import yaml
 from mlflow import MlflowClient
 

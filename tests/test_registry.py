@@ -67,3 +67,10 @@ def test_sweeps_accept_exactly_the_sweepable_studies():
         else:
             with pytest.raises(ValueError, match="choose one of"):
                 SweepFile.model_validate(raw)
+
+
+def test_params_doc_lists_every_key_of_the_schema():
+    generated = subprocess.run([sys.executable, "-m", "tasks.studies", "schema"], cwd=ROOT, capture_output=True,
+                               text=True, check=True).stdout
+    assert (ROOT / "docs/params.md").read_text().endswith(generated)
+    assert "| `gmm.ple.lam` | float | `0.1` |" in generated and "| `gmm.grid.weight` |" in generated

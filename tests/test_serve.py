@@ -4,26 +4,33 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from flows.serve import load
+from tasks.errors import ParamsError
+from tasks.studies import STUDIES
 
 from conftest import ROOT, api_json, free_port, subprocess_env, wait_for, write_params
 
 
 def test_shipped_deployments_file_is_valid():
     entries = load(ROOT / "flows/deployments.yaml")
-    assert {e.flow for e in entries} >= {"gaussian", "gmm", "images"} and all(e.cron for e in entries)
+    studies = {e.parameters["study"] for e in entries if e.flow == "study"}
+    assert studies == {s.name for s in STUDIES if s.default(ROOT)} and all(e.cron for e in entries)
 
 
-def test_bad_deployments_file_is_one_line(tmp_path):
+@pytest.mark.parametrize("entry, message", [
+    ({"flow": "gausian"}, r"deployments.flow = 'gausian' is invalid: .*'study'.*flows: study, classifier, sweep"),
+    ({"flow": "study", "parameters": {"study": "gausian"}}, r"parameters.study: unknown study 'gausian'"),
+])
+def test_bad_deployments_file_is_one_line(tmp_path, entry, message):
     path = tmp_path / "deployments.yaml"
-    path.write_text(yaml.safe_dump({"deployments": [{"name": "x", "flow": "gausian", "cron": "0 2 * * *"}]}))
-    with pytest.raises(ValueError, match=r"deployments.0.flow: .*flows: gaussian"):
+    path.write_text(yaml.safe_dump({"deployments": [{"name": "x", "cron": "0 2 * * *", **entry}]}))
+    with pytest.raises(ParamsError, match=message) as error:
         load(path)
+    assert "\n" not in str(error.value)
 
 
 @pytest.mark.slow
@@ -39,8 +46,9 @@ def test_served_deployments_have_schedules_and_run_with_parameters(tmp_path, pro
         write_params(project_copy / "tiny", gaussian={"n_samples": 5, "generations": 3, "seeds": 4})
         deployments = project_copy / "deployments.yaml"
         deployments.write_text(yaml.safe_dump({"deployments": [
-            {"name": "nightly", "flow": "gaussian", "cron": "0 2 * * *", "parameters": {"params_file": "params.yaml"}},
-            {"name": "weekly", "flow": "grid", "cron": "0 4 * * 0", "parameters": {"params_file": "params.yaml"}},
+            {"name": "nightly", "flow": "study", "cron": "0 2 * * *",
+             "parameters": {"study": "gaussian", "params_file": "params.yaml"}},
+            {"name": "weekly", "flow": "study", "cron": "0 4 * * 0", "parameters": {"study": "grid", "params_file": "params.yaml"}},
         ]}))
         served = subprocess.Popen([sys.executable, "-m", "flows.serve", str(deployments)], cwd=project_copy,
                                   env={**env, "PYTHONPATH": str(project_copy)},

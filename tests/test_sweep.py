@@ -96,7 +96,7 @@ def test_dask_sweep_2x2_on_two_processes(tmp_path, prefect_api, monkeypatch):
                     for slug in slugs[:2])
     assert first != other  # the overrides reached the study
     with get_client(sync_client=True) as client:  # the workers reported to the session's one server
-        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["gaussian"])),
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["study"])),
                                      sort=FlowRunSort.START_TIME_DESC, limit=200)
     roots = {Path(run.parameters["root"]) for run in runs}
     assert {tmp_path.resolve() / "sweeps/tiny" / slug for slug in slugs} <= roots
@@ -104,10 +104,10 @@ def test_dask_sweep_2x2_on_two_processes(tmp_path, prefect_api, monkeypatch):
 
 @pytest.mark.parametrize("grid, message", [
     ({"sampling_bias": [1.0, 1.5]}, "point sampling_bias=1.5: loop.sampling_bias = 1.5"),
-    ({"seeds": [0, 1]}, "grid.seeds: Extra inputs are not permitted"),
-    ({"seed": [0, 0]}, "grid.seed = [0, 0]: each value may appear only once"),
+    ({"seeds": [0, 1]}, "unknown key 'grid.seeds'; did you mean 'seed'?"),
+    ({"seed": [0, 0]}, "grid.seed = [0, 0] is invalid: each value may appear only once"),
     ({"lam": [0.1]}, "grid.lam: the gaussian study has no ple.lam"),
-    ({"method": ["hyper_mle"]}, "point method=hyper_mle: gaussian.methods.0 = 'hyper_mle': Input should be"),
+    ({"method": ["hyper_mle"]}, "point method=hyper_mle: gaussian.methods = 'hyper_mle' is invalid: Input should be"),
     ({}, "grid has no axis"),
 ])
 def test_bad_sweep_file_is_one_line_and_writes_nothing(tmp_path, capsys, grid, message):

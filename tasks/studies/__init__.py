@@ -5,6 +5,7 @@ Adding a study = a module under tasks/studies/ with a `StudySpec`, one line in `
 stage in dvc.yaml (docs/extending.md).
 
     python -m tasks.studies list [--all]      the studies `make run` runs (--all: every study)
+    python -m tasks.studies schema            every params key with its type and default (docs/params.md)
     python -m tasks.studies overlay params.yaml params.paper.yaml --out params.yaml
 """
 
@@ -13,9 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import get_args
 
 import yaml
-from pydantic import create_model, model_validator
+from pydantic import BaseModel, create_model, model_validator
 
 from tasks.errors import ParamsError, UserError
 from tasks.infra import storage
@@ -73,11 +75,35 @@ def write_overlaid(base: Path, overlay: Path, out: Path) -> None:
     storage.write_text(out, yaml.safe_dump(overlay_mappings(read_yaml(base), read_yaml(overlay)), sort_keys=False))
 
 
+def schema_tables(model: type[BaseModel] = Params, prefix: str = "", seen: dict | None = None) -> list[str]:
+    """Markdown tables of every key of params.yaml: its type, default ("required" when it has none) and
+    meaning; a section of a model already shown refers to it."""
+    seen = {} if seen is None else seen
+    rows, nested = [], []
+    for name, field in model.model_fields.items():
+        key, annotation = f"{prefix}{name}", field.annotation
+        inner = next((a for a in (annotation, *get_args(annotation)) if isinstance(a, type) and issubclass(a, BaseModel)),
+                     None)
+        if inner is not None and inner in seen:
+            nested += [f"### {key}", "", f"The keys of `{seen[inner]}`.", ""]
+        elif inner is not None:
+            seen[inner] = key
+            nested += schema_tables(inner, f"{key}.", seen)
+        else:
+            default = "required" if field.is_required() else f"`{field.get_default(call_default_factory=True)}`"
+            kind = str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            cells = [f"`{key}`", kind, default, field.description or ""]
+            rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    head = [f"### {prefix.rstrip('.') or '(top level)'}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    return ([*head, *rows, ""] if rows else []) + nested
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The registry of studies, and params files laid over each other.")
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="the studies `make run` runs (their raw data, if any, in place)")
     listing.add_argument("--all", action="store_true", help="every study, also those whose raw data is missing")
+    commands.add_parser("schema", help="print the tables of every params key (docs/params.md)")
     merge = commands.add_parser("overlay", help="write BASE with OVERLAY laid over it to --out, for `dvc repro`")
     merge.add_argument("base", type=Path)
     merge.add_argument("overlay", type=Path)
@@ -85,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "list":
         print(" ".join(s.name for s in STUDIES if args.all or s.default()))
+        return 0
+    if args.command == "schema":
+        print("\n".join(schema_tables()), end="")
         return 0
     try:
         write_overlaid(args.base, args.overlay, args.out)

@@ -19,6 +19,7 @@ Metrics per seed, each from `eval_samples` generated images drawn with a fixed s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
