@@ -1,4 +1,4 @@
-"""Prefect flows: one per study, each ordering the tasks of `tasks/` across generations."""
+"""Prefect flows: they only order the tasks of `tasks/` (one flow runs any study of the registry)."""
 
 import os
 

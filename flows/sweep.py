@@ -88,7 +88,7 @@ def run_point(study: str, point: Point, folder: Path, tracking: SweepPoint) -> s
     return point.grid.name
 
 
-@flow(name="sweep-points", flow_run_name="{name}", validate_parameters=False)
+@flow(name="sweep-points", flow_run_name="{name}")
 def run_points(name: str, study: str, points: list[Point], folder: Path, sweep: SweepPoint) -> list[str]:
     """One task per point on the flow's task runner; raises the first point's error after all finished.
 

@@ -1,1 +1,1 @@
-"""Prefect tasks and the pure functions they wrap: loop, storage, tables, figures, tracking."""
+"""What the flows run: the loop and its Prefect tasks, the studies (`studies/`), infrastructure (`infra/`) and outputs (`outputs/`)."""
