@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import sys
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from prefect.settings import PREFECT_API_URL
 
-from tasks.errors import InputUnavailableError, UserError
+from tasks.errors import InputUnavailableError, report
 from tasks.studies import load_params
 
 CONNECT_TIMEOUT = 3.0  # seconds to wait for a server before calling it unreachable
@@ -72,13 +71,3 @@ def main(flow_fn: Callable[..., object], studies: list[str], argv: list[str] | N
         flow_fn(**kwargs)
 
     return report(run)
-
-
-def report(run: Callable[[], object]) -> int:
-    """Exit code of `run()`: 0, or 2 after one line on stderr for an error the user can fix."""
-    try:
-        run()
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0

@@ -19,10 +19,9 @@ from prefect.deployments.runner import RunnerDeployment
 from pydantic import Field, model_validator
 
 from flows.classifier import classifier_flow
-from flows.cli import report
 from flows.study import study_flow
 from flows.sweep import sweep_flow
-from tasks.errors import ParamsError
+from tasks.errors import ParamsError, report
 from tasks.params import Strict, read_model
 from tasks.studies import spec
 

@@ -36,9 +36,9 @@ from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, PREFECT_HOME, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from flows.cli import check_servers, report
+from flows.cli import check_servers
 from flows.study import study_flow
-from tasks.errors import ParamsError
+from tasks.errors import ParamsError, report
 from tasks.infra.sweep import Point, load_sweep, write_point_params
 from tasks.infra.tracking import StudyTracker, SweepPoint, sweep_point
 

@@ -1,8 +1,11 @@
 """The errors a user can fix: each carries one line saying what is wrong, where, and how to fix it.
 
-The command lines (`flows.cli.report`) print `error: <message>` for any `UserError` and exit with
-code 2; every other exception is a bug and keeps its traceback.
+Every command line runs its work through `report`, which prints `error: <message>` for any
+`UserError` and exits with code 2; every other exception is a bug and keeps its traceback.
 """
+
+import sys
+from collections.abc import Callable
 
 
 class UserError(Exception):
@@ -27,3 +30,13 @@ class LockedError(UserError):
 
 class ReportError(UserError):
     """An unknown study, or a study without a finished execution with seed runs in MLflow."""
+
+
+def report(run: Callable[[], object]) -> int:
+    """Exit code of `run()`: 0, or 2 after one line on stderr for an error the user can fix."""
+    try:
+        run()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -12,14 +12,13 @@ stage in dvc.yaml (docs/extending.md).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import get_args
 
 import yaml
 from pydantic import BaseModel, create_model, model_validator
 
-from tasks.errors import ParamsError, UserError
+from tasks.errors import ParamsError, report
 from tasks.infra import storage
 from tasks.params import CommonParams, overlay as overlay_mappings, read_model, read_yaml
 from tasks.studies import fairness, gaussian, gmm, grid, images
@@ -115,9 +114,4 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "schema":
         print("\n".join(schema_tables()), end="")
         return 0
-    try:
-        write_overlaid(args.base, args.overlay, args.out)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return report(lambda: write_overlaid(args.base, args.overlay, args.out))

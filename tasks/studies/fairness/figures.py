@@ -15,7 +15,7 @@ from tasks.outputs.tables import standard_error
 from tasks.studies.fairness import attributes as ad
 from tasks.studies.fairness.group_metrics import GROUP_ACCS, aggregate_over_seeds
 from tasks.studies.fairness.study import FairnessStudy
-from tasks.studies.images.figures import show, tile
+from tasks.studies.images.figures import generations_grid
 
 FAIRNESS_CURVES = ["acc", "eo", "wga"]
 GROUP_CURVES = ["rare_ratio", "share_y0_s1", "share_y1_s0"]
@@ -75,16 +75,10 @@ def last_generation_table(tidy: pd.DataFrame, paths: StudyPaths, modes: list[str
 def samples(study: FairnessStudy, paths: StudyPaths, methods: list[str], count: int = 24) -> Path:
     """Rows: methods; columns: generations; each cell the first `count` images of D_g (seed 0), y = 0
     above y = 1: the rare styles (white digits among y = 0, black among y = 1) are visible at a glance."""
-    generations = study.generations
-    fig, axes = plt.subplots(len(methods), generations, figsize=(1.9 * generations, 2.3 * len(methods)),
-                             squeeze=False)
-    for row, method in zip(axes, methods):
-        for g, ax in enumerate(row):
-            rows = storage.read_dataset(storage.dataset_path(paths.method_dir(method), g)).values[0]
-            images, y = ad.split_rows(rows, study.image_shape)
-            by_target = torch.cat([images[y == 0][: count // 2], images[y == 1][: count // 2]])
-            show(ax, tile(by_target, 6), f"{method} D_{g}")
-    fig.suptitle(f"{paths.experiment}: D_0 real, D_g sampled from generation g-1 (seed 0); top y=0, bottom y=1",
-                 fontsize=9)
-    return save(fig, paths.figures / "samples_by_generation.png")
+    def by_target(method: str, g: int) -> torch.Tensor:
+        rows = storage.read_dataset(storage.dataset_path(paths.method_dir(method), g)).values[0]
+        images, y = ad.split_rows(rows, study.image_shape)
+        return torch.cat([images[y == 0][: count // 2], images[y == 1][: count // 2]])
+
+    return generations_grid(paths, methods, study.generations, by_target, 6, (1.9, 2.3), "; top y=0, bottom y=1")
 

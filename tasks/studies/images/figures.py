@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -53,15 +54,24 @@ def sample_grids(paths: StudyPaths, methods: list[str], generations: int, count:
     return out
 
 
-def side_by_side(paths: StudyPaths, methods: list[str], generations: int, count: int = 16) -> Path:
-    """Rows: methods; columns: generations; each cell the first `count` images of D_g (seed 0)."""
-    fig, axes = plt.subplots(len(methods), generations, figsize=(1.8 * generations, 1.9 * len(methods)),
+def generations_grid(paths: StudyPaths, methods: list[str], generations: int,
+                     images_of: Callable[[str, int], torch.Tensor], columns: int, cell: tuple[float, float],
+                     note: str = "") -> Path:
+    """samples_by_generation.png: rows methods, columns generations, each cell `images_of(method, g)`
+    tiled `columns` wide in a cell of `cell` inches."""
+    fig, axes = plt.subplots(len(methods), generations, figsize=(cell[0] * generations, cell[1] * len(methods)),
                              squeeze=False)
     for row, method in zip(axes, methods):
         for g, ax in enumerate(row):
-            show(ax, tile(generation_images(paths, method, g, count), 4), f"{method} D_{g}")
-    fig.suptitle(f"{paths.experiment}: D_0 real, D_g sampled from generation g-1 (seed 0)", fontsize=9)
+            show(ax, tile(images_of(method, g), columns), f"{method} D_{g}")
+    fig.suptitle(f"{paths.experiment}: D_0 real, D_g sampled from generation g-1 (seed 0){note}", fontsize=9)
     return save(fig, paths.figures / "samples_by_generation.png")
+
+
+def side_by_side(paths: StudyPaths, methods: list[str], generations: int, count: int = 16) -> Path:
+    """Each cell the first `count` images of D_g (seed 0)."""
+    return generations_grid(paths, methods, generations, lambda method, g: generation_images(paths, method, g, count),
+                            4, (1.8, 1.9))
 
 
 def curves(curve_table: pd.DataFrame, paths: StudyPaths, title: str) -> Path:
