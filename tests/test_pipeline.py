@@ -80,6 +80,17 @@ def test_dvc_repro_versions_every_generation_and_tracks_it(project_copy, prefect
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "sigma_hat_sigma2_hat.png" in artifacts and "summary.json" in artifacts
 
+    # Editing another study, a model it does not use or the reports leaves the stage up to date;
+    # editing its own module does not.
+    for other in ("tasks/studies/grid.py", "tasks/studies/images/fid.py", "models/vae.py", "tasks/outputs/reports.py"):
+        with open(repo / other, "a") as handle:
+            handle.write("\n# edited\n")
+    assert "up to date" in _dvc(repo, env, "status", "gaussian").stdout
+    with open(repo / "tasks/studies/gaussian.py", "a") as handle:
+        handle.write("\n# edited\n")
+    status = _dvc(repo, env, "status", "gaussian").stdout
+    assert "changed deps" in status and "tasks/studies/gaussian.py" in status
+
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout

@@ -74,3 +74,14 @@ def test_params_doc_lists_every_key_of_the_schema():
                                text=True, check=True).stdout
     assert (ROOT / "docs/params.md").read_text().endswith(generated)
     assert "| `gmm.ple.lam` | float | `0.1` |" in generated and "| `gmm.grid.weight` |" in generated
+
+
+def test_every_params_key_a_stage_names_is_written_in_params_yaml():
+    """DVC reads stage params from the file itself, so schema defaults do not count there."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        for key in stage.get("params", []):
+            value = raw
+            for part in key.split("."):
+                assert isinstance(value, dict) and part in value, f"stage {name}: {key} is not in params.yaml"
+                value = value[part]
