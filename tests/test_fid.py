@@ -10,10 +10,10 @@ from sklearn.datasets import load_digits
 
 from models.classifier import accuracy, train_classifier
 from tasks.infra.checkpoints import load_classifier, save_classifier
-from tasks.errors import InputUnavailableError
+from tasks.errors import CorruptDataError, InputUnavailableError
 from tasks.studies.images.fid import (
-    INCEPTION_WEIGHTS,  classifier_extractor, extract_features, fid_inception,
-    frechet_distance, inception_extractor, inception_weights_path, pool3_extractor, precision_recall,
+    INCEPTION_WEIGHTS, classifier_extractor, extract_features, fid_inception,
+    frechet_distance, inception_extractor, inception_weights_path, precision_recall,
     random_inception,
 )
 
@@ -147,7 +147,11 @@ def test_inception_extractor_loads_the_local_file_like_pytorch_fid(offline_hub, 
     torch.save(net.state_dict(), inception_weights_path())
     images = digits[0][:3]
     ours = extract_features(inception_extractor(device=CPU), images, device=CPU)
-    np.testing.assert_allclose(ours, extract_features(pool3_extractor(net, CPU), images, device=CPU), rtol=1e-5)
+    elsewhere = offline_hub / "weights.pth"  # a file anywhere, under any name, gives the same network
+    torch.save(net.state_dict(), elsewhere)
+    hub = torch.hub.get_dir()
+    np.testing.assert_array_equal(extract_features(inception_extractor(elsewhere, CPU), images, device=CPU), ours)
+    assert torch.hub.get_dir() == hub  # the cache is pointed back where it was
     with torch.no_grad():  # pytorch-fid's own model reads the same file from torch hub's cache
         theirs = InceptionV3([3]).eval()(as_float(images).expand(-1, 3, -1, -1))[0].flatten(1).double().numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
@@ -189,10 +193,10 @@ def test_classifier_save_load_round_trip_and_clear_errors(tmp_path, digits, clas
     x = as_float(digits[0][:50])
     with torch.no_grad():
         assert torch.equal(load_classifier(path)(x), classifier(x))
-    with pytest.raises(FileNotFoundError, match="dvc repro") as missing:
+    with pytest.raises(InputUnavailableError, match="dvc repro") as missing:
         load_classifier(tmp_path / "absent.pt")
     assert str(tmp_path / "absent.pt") in str(missing.value)
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="unreadable.*dvc repro") as broken:
+    with pytest.raises(CorruptDataError, match="unreadable.*dvc repro") as broken:
         load_classifier(path)
     assert "\n" not in str(broken.value)

@@ -58,8 +58,9 @@ def test_served_deployments_have_schedules_and_run_with_parameters(tmp_path, pro
         crons = {d["name"]: [s["schedule"]["cron"] for s in d["schedules"]] for d in found}
         assert crons == {"nightly": ["0 2 * * *"], "weekly": ["0 4 * * 0"]}
         nightly = next(d for d in found if d["name"] == "nightly")
-        run = api_json(f"{api}/deployments/{nightly['id']}/create_flow_run",
-                   {"parameters": {"params_file": "tiny/params.yaml"}})
+        run = wait_for(lambda: api_json(f"{api}/deployments/{nightly['id']}/create_flow_run",  # 503 while
+                                        {"parameters": {"params_file": "tiny/params.yaml"}}),  # SQLite is locked
+                       60, "a flow run of the deployment")
         state = wait_for(lambda: (s := api_json(f"{api}/flow_runs/{run['id']}")["state"]["type"]) in
                       ("COMPLETED", "FAILED", "CRASHED") and s, 240, "the flow run")
         assert state == "COMPLETED"
