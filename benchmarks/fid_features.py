@@ -36,10 +36,8 @@ from sklearn.datasets import load_digits  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.classifier import Classifier  # noqa: E402
-from tasks.studies.images.fid import (  # noqa: E402
-    classifier_extractor, extract_features, fid_inception, frechet_distance, inception_extractor,
-    inception_weights_path,
-)
+from tasks.studies.images.fid import classifier_extractor, extract_features, frechet_distance  # noqa: E402
+from tasks.studies.images.inception import fid_inception, inception_extractor, inception_weights_path  # noqa: E402
 
 
 def digits() -> torch.Tensor:

@@ -11,10 +11,9 @@ from sklearn.datasets import load_digits
 from models.classifier import accuracy, train_classifier
 from tasks.infra.checkpoints import load_classifier, save_classifier
 from tasks.errors import CorruptDataError, InputUnavailableError
-from tasks.studies.images.fid import (
-    INCEPTION_WEIGHTS, classifier_extractor, extract_features, fid_inception,
-    frechet_distance, inception_extractor, inception_weights_path, precision_recall,
-    random_inception,
+from tasks.studies.images.fid import classifier_extractor, extract_features, frechet_distance, precision_recall
+from tasks.studies.images.inception import (
+    INCEPTION_WEIGHTS, fid_inception, inception_extractor, inception_weights_path, random_inception,
 )
 
 CPU = torch.device("cpu")

@@ -189,8 +189,10 @@ def build(params, root: Path, study: str) -> list[ImageStudy]:
             f"(or python -m flows.classifier {study})")
     inception = None
     if section.fid_inception:
+        from tasks.studies.images import inception as pool3  # pytorch-fid's network: seconds to import
+
         try:
-            inception = fid.inception_extractor(device=default_device())
+            inception = pool3.inception_extractor(device=default_device())
         except InputUnavailableError as exc:
             print(f"fid_inception skipped: {exc}")  # a Prefect log line inside the flow (log_prints)
     return [ImageStudy(section, study, train, reference, checkpoints.load_classifier(paths.classifier),
