@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 LIST_STUDIES = studies="$$(python -m tasks.studies list)"
 
 run: $(VENV)/.installed
-	$(LIST_STUDIES) && dvc repro $$studies
+	$(LIST_STUDIES) && dvc repro $$studies claims
 
 test: $(VENV)/.installed
 	pytest

@@ -30,11 +30,19 @@ class Mixture:
     means: torch.Tensor
     stds: torch.Tensor
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log p(x) for x (S, m, d) -> (S, m)."""
+    def joint_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log pi_k + log N(x; mu_k, sigma_k^2) for x (S, m, d) -> (S, m, K)."""
         z = (x[:, :, None, :] - self.means[:, None]) / self.stds[:, None]  # (S, m, K, d)
         comp = -0.5 * (z.pow(2) + LOG_2PI).sum(-1) - self.stds.log().sum(-1)[:, None]  # (S, m, K)
-        return torch.logsumexp(comp + self.weights.clamp_min(1e-30).log()[:, None], dim=-1)
+        return comp + self.weights.clamp_min(1e-30).log()[:, None]
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) for x (S, m, d) -> (S, m)."""
+        return torch.logsumexp(self.joint_log_prob(x), dim=-1)
+
+    def assign(self, x: torch.Tensor) -> torch.Tensor:
+        """The most probable component of every point: x (S, m, d) -> (S, m)."""
+        return self.joint_log_prob(x).argmax(-1)
 
     def sample(self, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
         """(S, n, d) draws, the standard deviations scaled by sqrt(sampling_bias)."""

@@ -21,8 +21,10 @@ HYPERNETWORK_METHODS = ("hyper_mle", "ple")
 
 def fit_method(method: str, x: torch.Tensor, make_target: Callable[[], Generative], hyper: HyperParams,
                ple: PLEParams, generator: torch.Generator, device: torch.device = torch.device("cpu"), *,
-               lam: float | None = None, closed_form: Callable[[torch.Tensor], object] | None = None) -> Fitted:
-    """Fit one model per seed to x (S, n, *event) by `method`; initialisation and batches from `generator`."""
+               lam: float | None = None, closed_form: Callable[[torch.Tensor], object] | None = None,
+               groups: torch.Tensor | None = None) -> Fitted:
+    """Fit one model per seed to x (S, n, *event) by `method`; initialisation and batches from `generator`;
+    `groups` (S, n): each point's group, for the reweighted training of the hypernetwork methods."""
     if method == "mle":
         if closed_form is not None:
             return Fitted(closed_form(x))
@@ -31,4 +33,4 @@ def fit_method(method: str, x: torch.Tensor, make_target: Callable[[], Generativ
         raise ValueError(f"unknown method {method!r}; use mle, hyper_mle or ple")
     penalty = 0.0 if method == "hyper_mle" else ple.lam if lam is None else lam
     config = PLEConfig(**{**ple.model_dump(), "lam": penalty})
-    return fit_ensemble(make_target, x, HyperConfig(**hyper.model_dump()), config, generator, device)
+    return fit_ensemble(make_target, x, HyperConfig(**hyper.model_dump()), config, generator, device, groups)

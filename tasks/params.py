@@ -49,10 +49,9 @@ class HyperParams(Strict):
     hidden: int = Field(default=32, ge=1, description="width of the per-sample and post-pooling MLPs")
     encoder_depth: int = Field(default=2, ge=1, description="layers of the per-sample MLP")
     post_depth: int = Field(default=1, ge=0, description="layers of the MLP after mean pooling")
-    head: Literal["chunked", "linear"] = Field(default="chunked", description="how the pooled code becomes the "
-                                               "weights (docs/methods.md)")
-    chunk: int = Field(default=256, ge=1, description="entries per chunk of the chunked head")
-    embed: int = Field(default=8, ge=1, description="size of each chunk's learned embedding")
+    head: Literal["lowrank", "linear"] = Field(default="lowrank", description="per tensor: factorised where cheaper "
+                                               "(lowrank) or a full linear map (linear); docs/methods.md")
+    rank: int = Field(default=8, ge=1, description="rank r of the factorised heads")
 
 
 class PLEParams(Strict):
@@ -61,8 +60,17 @@ class PLEParams(Strict):
     lam: float = Field(default=0.1, gt=0.0, description="penalty weight lambda of method ple")
     steps: int = Field(default=300, ge=1, description="Adam steps per fit (also of mle for neural generators)")
     lr: float = Field(default=0.01, gt=0.0, description="Adam's learning rate")
-    batch_fraction: float = Field(default=0.5, gt=0.0, le=1.0, description="share of the data in each step's random "
-                                  "subset; below 1 the hypernetwork must map different batches to different weights")
+    batch_fraction: float = Field(default=0.5, gt=0.0, le=1.0, description="size of each step's dataset as a share "
+                                  "of the data (mle: its random minibatch)")
+    penalty: Literal["sum", "mean", "scaled"] = Field(default="sum", description="||H(Y) - H(X)||^2 summed over "
+                                                      "entries, divided by their number, or per tensor / s_t^2")
+    form: Literal["paper", "self_fit", "stop_gradient"] = Field(default="paper", description="the penalty's form "
+                                                                "(docs/methods.md)")
+    training: Literal["halves", "bootstrap", "reweighted"] = Field(
+        default="reweighted", description="the datasets H trains on: random subsets, bootstrap draws, or bootstrap "
+        "draws with Dirichlet-reweighted group shares")
+    concentration: float = Field(default=1.0, gt=0.0, description="Dirichlet concentration of the group shares "
+                                 "(reweighted); small: extreme shares")
 
 
 class StudyParams(Strict):

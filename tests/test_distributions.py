@@ -76,7 +76,7 @@ def test_grid_flow_estimates_every_family(tmp_path, prefect_api):
     tidy = study_flow(study="grid", params_file=str(params), root=str(tmp_path))
     assert set(tidy.distribution) == {"exponential", "mixture"} and set(tidy.method) == {"mle", "hyper_mle", "ple"}
     exp = tidy[(tidy.distribution == "exponential")]
-    assert {"rate", "rate_bias", "sensitivity"} <= set(exp.metric)
+    assert {"rate", "rate_bias", "response", "response_slope_mle"} <= set(exp.metric)
     rate = exp[exp.metric == "rate"].set_index(["method", "seed", "generation"]).value
     bias = exp[exp.metric == "rate_bias"].set_index(["method", "seed", "generation"]).value
     assert ((rate - bias) - 1.0).abs().max() < 1e-9

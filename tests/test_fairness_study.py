@@ -65,7 +65,7 @@ def test_fairness_metrics_per_mode_are_consistent(fairness_run):
         # the balanced test set has equal groups, so acc is the mean of the four group accuracies
         assert np.allclose(wide[f"acc_{mode}"], groups.mean(axis=1))
     hyper = wide.loc[["hyper_mle", "ple"]]
-    assert hyper["sensitivity"].notna().all() and wide.loc["mle", "sensitivity"].isna().all()
+    assert hyper["response"].notna().all() and wide.loc["mle", "response"].isna().all()
 
 
 def test_generation_zero_is_the_same_for_every_method(fairness_run):

@@ -63,6 +63,6 @@ def test_mle_and_ple_lower_the_mmd_to_digits():
     make = lambda: GMMN((8, 8), GMMNConfig(latent=4, channels=8))  # noqa: E731
     config = PLEConfig(lam=1.0, steps=80, lr=5e-3, batch_fraction=0.5)
     for fitted in (fit_direct(make, x, config, torch.Generator().manual_seed(0)),
-                   fit_ensemble(make, x, HyperConfig(hidden=16, embed=4), config, torch.Generator().manual_seed(0))):
+                   fit_ensemble(make, x, HyperConfig(hidden=16), config, torch.Generator().manual_seed(0))):
         assert sum(fitted.curve.fit[-10:]) < 0.5 * sum(fitted.curve.fit[:10])
         assert sample_weights(make(), fitted.estimate, 16, 1.0, torch.Generator()).shape == (2, 16, 8, 8)

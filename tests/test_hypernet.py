@@ -1,15 +1,17 @@
-"""The hypernetwork and the PLE objective: exact reproduction of a target, permutation
-invariance, gradients to every parameter of phi, buffers kept, bad targets rejected."""
+"""The hypernetwork and the PLE objective: per-tensor heads that start at the target, no tiling,
+permutation invariance, gradients to every parameter of phi for every penalty form, penalty
+scales, the training families' draws, buffers kept, bad settings rejected."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from models.gmm import GMMGenerator
 from models.hypernet import HyperConfig, HyperNetwork, parameter_count
-from models.ple import HyperEnsemble, PLEConfig, ple_terms
+from models.ple import FORMS, PENALTIES, HyperEnsemble, PLEConfig, distance, draw_indices, ple_terms
 
 
 def _target() -> nn.Module:
@@ -17,41 +19,79 @@ def _target() -> nn.Module:
     return nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 2))
 
 
-def _set_heads_to_target(hyper: HyperNetwork, target: nn.Module) -> None:
+def _zero_data_path(hyper: HyperNetwork) -> None:
     with torch.no_grad():
-        if hyper.config.head == "linear":
-            for head, p in zip(hyper.heads, target.parameters()):
-                head.weight.zero_()
-                head.bias.copy_(p.reshape(-1))
-        else:
-            hyper.head.weight.zero_()
-            hyper.head.bias.zero_()
-            hyper.base.copy_(torch.cat([p.reshape(-1) for p in target.parameters()]))
+        for head in hyper.heads:
+            for p in head.parameters():
+                p.zero_()
 
 
-@pytest.mark.parametrize("head", ["linear", "chunked"])
-def test_reproduces_the_target_when_heads_hold_its_weights(head):
+HEADS = ["linear", "lowrank"]
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_starts_from_the_target_and_reproduces_it_without_the_data_path(head):
     target = _target().eval()
-    hyper = HyperNetwork(target, in_features=4, config=HyperConfig(head=head, chunk=7))
-    _set_heads_to_target(hyper, target)
+    hyper = HyperNetwork(target, in_features=4, config=HyperConfig(head=head, rank=2))
+    for base, p in zip(hyper.bases, target.parameters()):
+        torch.testing.assert_close(base, p.detach(), rtol=0, atol=0)
+    _zero_data_path(hyper)
     data, inputs = torch.randn(30, 4), torch.randn(8, 3)
     weights = hyper(data)
     assert set(weights) == {name for name, _ in target.named_parameters()}  # buffers are not emitted
     torch.testing.assert_close(hyper.run_target(weights, inputs), target(inputs), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("head", ["linear", "chunked"])
+@pytest.mark.parametrize("head", HEADS)
 def test_output_is_invariant_to_the_order_of_the_batch(head):
     hyper = HyperNetwork(_target(), in_features=4, config=HyperConfig(head=head))
     data = torch.randn(50, 4)
     shuffled = data[torch.randperm(50)]
-    torch.testing.assert_close(hyper.flat_weights(shuffled), hyper.flat_weights(data), rtol=1e-5, atol=1e-6)
-    assert hyper.flat_weights(data[:3]).shape == hyper.flat_weights(data).shape  # any batch size
+    for a, b in zip(hyper(shuffled).values(), hyper(data).values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert [w.shape for w in hyper(data[:3]).values()] == [w.shape for w in hyper(data).values()]  # any n
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_the_data_path_starts_near_a_tenth_of_each_tensors_scale(head):
+    target = nn.Sequential(nn.Linear(64, 128), nn.SiLU(), nn.Linear(128, 32))
+    hyper = HyperNetwork(target, in_features=4, config=HyperConfig(head=head, hidden=32, rank=8))
+    with torch.no_grad():
+        deltas = hyper.deltas(torch.randn(100, 4) * 3)
+    for delta, p in zip(deltas, target.parameters()):
+        if p.dim() == 2:
+            ratio = float(delta.std() / p.detach().std())
+            assert 0.005 < ratio < 0.5, ratio
+
+
+def test_no_tiling_the_data_dependent_parts_of_equal_sized_tensors_differ():
+    """Two tensors of the same shape move in different directions when the data change."""
+    torch.manual_seed(0)
+    target = nn.Sequential(nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16))
+    hyper = HyperNetwork(target, in_features=2, config=HyperConfig(head="lowrank", hidden=16, rank=4))
+    with torch.no_grad():
+        first, second = hyper.deltas(torch.randn(50, 2)), hyper.deltas(torch.randn(50, 2) + 2)
+    moves = [(a - b).reshape(-1) for a, b in zip(first, second)]
+    weights = [moves[0], moves[2], moves[4]]  # the three 16 x 16 matrices
+    for i in range(3):
+        for j in range(i + 1, 3):
+            cosine = float(torch.nn.functional.cosine_similarity(weights[i], weights[j], dim=0))
+            assert abs(cosine) < 0.9, cosine
+
+
+def test_lowrank_is_factorised_where_that_is_cheaper_and_exact_for_small_tensors():
+    hyper = HyperNetwork(nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 2)), in_features=2,
+                         config=HyperConfig(head="lowrank", hidden=32, rank=8))
+    kinds = [type(head).__name__ for head in hyper.heads]
+    assert kinds == ["FactorisedHead", "FactorisedHead", "FactorisedHead", "FullHead"]
+    gmm = HyperNetwork(GMMGenerator(2, 1), in_features=1, config=HyperConfig(head="lowrank", hidden=32))
+    assert all(type(head).__name__ == "FullHead" for head in gmm.heads)
 
 
 def test_output_depends_on_the_data():
     hyper = HyperNetwork(_target(), in_features=4)
-    assert not torch.allclose(hyper.flat_weights(torch.randn(50, 4)), hyper.flat_weights(torch.randn(50, 4) + 3))
+    first, second = hyper(torch.randn(50, 4)), hyper(torch.randn(50, 4) + 3)
+    assert not all(torch.allclose(first[k], second[k]) for k in first)
 
 
 def test_buffers_stay_buffers_of_the_target():
@@ -64,12 +104,13 @@ def test_buffers_stay_buffers_of_the_target():
     assert parameter_count(hyper) > 0 and "running_mean" not in " ".join(hyper.names)
 
 
-@pytest.mark.parametrize("head", ["linear", "chunked"])
-def test_ple_gradients_reach_every_hypernetwork_parameter(head):
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("head", HEADS)
+def test_ple_gradients_reach_every_hypernetwork_parameter(head, form):
     torch.manual_seed(1)
     hyper = HyperNetwork(GMMGenerator(k=2, d=1), in_features=1, config=HyperConfig(head=head, hidden=16))
     x = torch.randn(40, 1)
-    fit, penalty = ple_terms(hyper, x, hyper.target.noise(40, torch.Generator().manual_seed(0)))
+    fit, penalty = ple_terms(hyper, x, hyper.target.noise(40, torch.Generator().manual_seed(0)), form=form)
     assert penalty > 0
     (fit + 0.5 * penalty).backward()
     for name, p in hyper.named_parameters():
@@ -85,10 +126,77 @@ def test_penalty_gradient_flows_through_the_samples():
     assert hyper.encoder[0].weight.grad.abs().sum() > 0
 
 
+def test_stop_gradient_keeps_the_penalty_from_moving_h_where_it_reads_the_samples():
+    """paper and stop_gradient have the same value; their gradients differ, and only by H(Y)'s part."""
+    torch.manual_seed(4)
+    hyper = HyperNetwork(GMMGenerator(k=2, d=1), in_features=1, config=HyperConfig(hidden=16))
+    x, noise = torch.randn(40, 1), hyper.target.noise(40, torch.Generator().manual_seed(0))
+    grads = {}
+    for form in ("paper", "stop_gradient"):
+        hyper.zero_grad()
+        _, penalty = ple_terms(hyper, x, noise, form=form)
+        penalty.backward()
+        grads[form] = (float(penalty), hyper.encoder[0].weight.grad.clone())
+    assert grads["paper"][0] == pytest.approx(grads["stop_gradient"][0])
+    assert not torch.allclose(grads["paper"][1], grads["stop_gradient"][1])
+
+
+def test_self_fit_adds_the_fit_of_h_to_its_own_samples():
+    torch.manual_seed(5)
+    hyper = HyperNetwork(GMMGenerator(k=2, d=1), in_features=1, config=HyperConfig(hidden=16))
+    x, noise = torch.randn(40, 1), hyper.target.noise(40, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, paper = ple_terms(hyper, x, noise, form="paper")
+        _, self_fit = ple_terms(hyper, x, noise, form="self_fit")
+        theta = hyper(x)
+        y = hyper.run_target(theta, noise, op="rsample")
+        own = hyper.run_target(hyper(y), y, noise, op="nll")
+    torch.testing.assert_close(self_fit, paper + own)
+
+
+@pytest.mark.parametrize("penalty", PENALTIES)
+def test_penalty_scales(penalty):
+    """sum: squared distance over entries; mean: divided by P; scaled: each tensor divided by s_t^2."""
+    hyper = HyperNetwork(GMMGenerator(k=2, d=1), in_features=1, config=HyperConfig(hidden=8))
+    theta = {name: torch.zeros_like(w) for name, w in hyper(torch.randn(5, 1)).items()}
+    other = {name: torch.full_like(w, 2.0) for name, w in theta.items()}  # 6 entries, each 4 apart squared
+    expected = {"sum": 24.0, "mean": 4.0, "scaled": sum(2 * 4.0 / s ** 2 for s in hyper.scales)}[penalty]
+    assert float(distance(hyper, theta, other, penalty)) == pytest.approx(expected)
+
+
+def test_reweighted_draws_vary_the_group_shares_and_follow_the_dirichlet_mean():
+    """Each draw has its own group shares; over many draws the minority share averages 1/K (K = 2)."""
+    groups = torch.tensor([[0] * 90 + [1] * 10])
+    config = PLEConfig(training="reweighted", batch_fraction=0.5, concentration=1.0)
+    generator, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+    shares = torch.stack([(groups[0, draw_indices(config, 1, 100, groups, generator, rng)[0]] == 1).double().mean()
+                          for _ in range(400)])
+    # Dirichlet(1, 1): the share is U[0, 1] (mean 1/2, sd 0.29), plus binomial noise of 50 draws.
+    assert abs(float(shares.mean()) - 0.5) < 4 * 0.3 / 400 ** 0.5
+    assert float(shares.std()) > 0.25
+    bootstrap = PLEConfig(training="bootstrap", batch_fraction=0.5)
+    plain = torch.stack([(groups[0, draw_indices(bootstrap, 1, 100, groups, generator, rng)[0]] == 1).double().mean()
+                         for _ in range(400)])
+    assert abs(float(plain.mean()) - 0.1) < 4 * 0.043 / 400 ** 0.5  # sd of a share of 50 draws at p = 0.1
+
+
+def test_reweighted_training_without_groups_is_refused():
+    ensemble = HyperEnsemble(lambda: HyperNetwork(GMMGenerator(2, 1), 1, HyperConfig(hidden=8)), 2, PLEConfig())
+    with pytest.raises(ValueError, match="needs the group"):
+        ensemble.train(torch.randn(2, 20, 1), PLEConfig(training="reweighted", steps=1), torch.Generator())
+
+
+@pytest.mark.parametrize("field,value", [("penalty", "max"), ("form", "anchor"), ("training", "halfs"),
+                                         ("concentration", 0.0)])
+def test_bad_ple_settings_are_rejected(field, value):
+    with pytest.raises(ValueError, match=field):
+        PLEConfig(**{field: value})
+
+
 def test_ensemble_training_lowers_every_seeds_fit_loss():
     torch.manual_seed(3)
     x = torch.randn(3, 60, 1) + torch.tensor([-2.0, 0.0, 2.0])[:, None, None]
-    ensemble = HyperEnsemble(lambda: HyperNetwork(GMMGenerator(2, 1), 1, HyperConfig(hidden=16)), seeds=3)
+    ensemble = HyperEnsemble(lambda: HyperNetwork(GMMGenerator(2, 1), 1, HyperConfig(hidden=16)), 3, PLEConfig())
     curve = ensemble.train(x, PLEConfig(lam=0.1, steps=150, lr=2e-2), torch.Generator().manual_seed(0))
     assert curve.fit[-1] < curve.fit[0] - 0.3 and len(curve.penalty) == 150
     weights = ensemble.weights(x)
@@ -111,6 +219,8 @@ def test_targets_it_cannot_handle_are_rejected(target, message):
         HyperNetwork(target, in_features=2)
 
 
-def test_unknown_head_is_rejected():
+def test_unknown_head_and_bad_rank_are_rejected():
     with pytest.raises(ValueError, match="unknown hypernetwork head"):
-        HyperNetwork(_target(), in_features=2, config=HyperConfig(head="lowrank"))
+        HyperNetwork(_target(), in_features=2, config=HyperConfig(head="chunked"))
+    with pytest.raises(ValueError, match="rank must be >= 1"):
+        HyperNetwork(_target(), in_features=2, config=HyperConfig(rank=0))

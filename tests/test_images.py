@@ -70,7 +70,7 @@ def test_metrics_per_method_and_no_silent_inception(digits_run):
     metrics = set(tidy.metric)
     assert {"fid_classifier", "minority_ratio", "share_other", "precision", "recall", "data_loss"} <= metrics
     assert "fid_inception" not in metrics  # no weights offline: skipped, never a zero
-    assert {"sensitivity", "penalty"} <= set(tidy[tidy.method == "ple"].metric)
+    assert {"response", "response_slope_mle", "penalty"} <= set(tidy[tidy.method == "ple"].metric)
     fid = tidy[tidy.metric == "fid_classifier"].value
     assert (fid > 0).all() and np.isfinite(fid).all()
     assert (tidy[tidy.metric == "minority_ratio"].value >= 0).all()

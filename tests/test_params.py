@@ -50,8 +50,13 @@ BAD = [
     ({"gmm": {"ple": {"lam": 0.1, "steps": 10, "lr": 0.01, "batch_fraction": 0.0}}}, "gmm.ple.batch_fraction"),
     ({"gmm": {"lambda_sweep": {"lams": [0.1, 0.0], "weight": 0.9, "n_samples": 20}}}, "every lambda must be > 0"),
     ({"gmm": {"lambda_sweep": {"lams": [], "weight": 0.9, "n_samples": 20}}}, "gmm.lambda_sweep.lams = []"),
-    ({"gmm": {"hyper": {"hidden": 8, "encoder_depth": 1, "post_depth": 0, "head": "lowrank", "chunk": 4,
-                        "embed": 2}}}, "'chunked' or 'linear'"),
+    ({"gmm": {"hyper": {"head": "chunked"}}}, "gmm.hyper.head = 'chunked' is invalid: Input should be 'lowrank' or "
+                                                "'linear'"),
+    ({"gmm": {"hyper": {"rank": 0}}}, "gmm.hyper.rank = 0"),
+    ({"gmm": {"ple": {"penalty": "max"}}}, "gmm.ple.penalty = 'max'"),
+    ({"gmm": {"ple": {"form": "anchor"}}}, "gmm.ple.form = 'anchor'"),
+    ({"gmm": {"ple": {"training": "halfs"}}}, "gmm.ple.training = 'halfs'"),
+    ({"gmm": {"ple": {"concentration": 0.0}}}, "gmm.ple.concentration = 0.0"),
 ]
 
 
@@ -97,7 +102,7 @@ def test_left_out_keys_take_the_schema_defaults(tmp_path):
     loaded = load_params(path)
     assert loaded.loop.mode == "replace" and loaded.loop.sampling_bias == 1.0 and loaded.loop.real_fraction == 0.5
     assert loaded.digits.ple.lr == 0.01 and loaded.digits.ple.steps == 1000  # the default, the file's own value
-    assert loaded.gmm.stds == [[1.0], [1.0]] and loaded.gmm.kl_samples == 20000 and loaded.gmm.hyper.head == "chunked"
+    assert loaded.gmm.stds == [[1.0], [1.0]] and loaded.gmm.kl_samples == 20000 and loaded.gmm.hyper.head == "lowrank"
 
 
 def test_overlay_changes_only_what_it_names(tmp_path):

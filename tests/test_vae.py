@@ -70,7 +70,7 @@ def test_samples_drawn_in_batches_equal_one_batch():
 def test_hypernetwork_trains_the_vae_with_the_penalty(batch_norm):
     x = _digits(60)
     make = lambda: VAE((8, 8), VAEConfig(hidden=16, latent=3, batch_norm=batch_norm))  # noqa: E731
-    fitted = fit_ensemble(make, x, HyperConfig(hidden=16, embed=4), PLEConfig(lam=1.0, steps=60, lr=3e-3),
+    fitted = fit_ensemble(make, x, HyperConfig(hidden=16), PLEConfig(lam=1.0, steps=60, lr=3e-3),
                           torch.Generator().manual_seed(0))
     assert fitted.curve.fit[-1] < fitted.curve.fit[0]
     assert fitted.curve.final_penalty.shape == (2,) and (fitted.curve.final_penalty > 0).all()

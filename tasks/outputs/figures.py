@@ -12,14 +12,16 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from tasks.infra.storage import atomic_path  # noqa: E402
+from tasks.response import degenerate  # noqa: E402
 
 
 def draw_metric(ax, curve_table: pd.DataFrame, metric: str, reference: pd.Series | None = None,
                 legend: bool = True) -> None:
-    """Mean ± SE band and median (dashed) of `metric` per method on one axes."""
+    """Mean ± SE band and median (dashed) of `metric` per method on one axes; a hypernetwork method
+    whose last generation's response is degenerate says so in the legend."""
     for method, rows in curve_table.groupby("method", sort=True):
         g, mean, se = rows["generation"], rows[f"{metric}_mean"], rows[f"{metric}_se"].fillna(0.0)
-        (line,) = ax.plot(g, mean, label=f"{method} mean ± SE")
+        (line,) = ax.plot(g, mean, label=f"{method}{degenerate_note(rows)} mean ± SE")
         ax.fill_between(g, mean - se, mean + se, color=line.get_color(), alpha=0.25, linewidth=0)
         ax.plot(g, rows[f"{metric}_median"], linestyle="--", color=line.get_color(), label=f"{method} median")
     if reference is not None:
@@ -30,6 +32,14 @@ def draw_metric(ax, curve_table: pd.DataFrame, metric: str, reference: pd.Series
     ax.grid(alpha=0.3)
     if legend:
         ax.legend(fontsize=7)
+
+
+def degenerate_note(rows: pd.DataFrame) -> str:
+    """' [degenerate: H ignores its data]' when the last generation's mean response is below the threshold."""
+    if "response_mean" not in rows:
+        return ""
+    last = rows.loc[rows["generation"].idxmax(), "response_mean"]
+    return " [degenerate: H ignores its data]" if not pd.isna(last) and degenerate(last) else ""
 
 
 def save(fig, path: Path) -> Path:

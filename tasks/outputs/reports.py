@@ -20,6 +20,7 @@ from mlflow.entities import Run
 from tasks.errors import ReportError
 from tasks.infra import storage
 from tasks.loop import GridPoint
+from tasks.response import degenerate
 from tasks.outputs import tables
 from tasks.outputs.figures import draw_metric, save
 from tasks.studies import spec
@@ -89,8 +90,15 @@ def cell(mean: float, se: float) -> str:
     return "" if pd.isna(mean) else f"{mean:.4g}" if pd.isna(se) else f"{mean:.4g} ± {se:.4g}"
 
 
+def degenerate_mark(row: pd.Series) -> str:
+    """' (degenerate: H ignores its data)' for a hypernetwork fit whose mean response is below the threshold."""
+    value = row.get("response_mean")
+    return " (degenerate: H ignores its data)" if value is not None and not pd.isna(value) and degenerate(value) else ""
+
+
 def markdown(curve_table: pd.DataFrame, grid: list[str], metrics: list[str], title: list[str]) -> str:
-    """A section per metric: a row per grid point and generation, a column per method, 'mean ± se'."""
+    """A section per metric: a row per grid point and generation, a column per method, 'mean ± se',
+    marked where the method's hypernetwork is degenerate."""
     methods = sorted(curve_table["method"].unique())
     lines = [f"# {title[0]}", "", title[1], ""]
     for metric in metrics:
@@ -99,7 +107,7 @@ def markdown(curve_table: pd.DataFrame, grid: list[str], metrics: list[str], tit
         for values, rows in curve_table.groupby([*grid, "generation"], sort=True):
             by_method = rows.set_index("method")
             cells = [cell(by_method.at[m, f"{metric}_mean"], by_method.at[m, f"{metric}_se"])
-                     if m in by_method.index else "" for m in methods]
+                     + degenerate_mark(by_method.loc[m]) if m in by_method.index else "" for m in methods]
             lines.append("| " + " | ".join([*map(str, values), *cells]) + " |")
         lines.append("")
     return "\n".join(lines)

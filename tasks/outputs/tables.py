@@ -14,6 +14,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from tasks.response import degenerate
+
 TIDY_COLUMNS = ["experiment", "method", "seed", "generation", "metric", "value"]
 
 
@@ -53,13 +55,16 @@ def curves(tidy: pd.DataFrame, grid: list[str] = ()) -> pd.DataFrame:
 
 def summary(curve_table: pd.DataFrame, grid: list[str] = ()) -> dict:
     """The last generation's statistics: {'generation': G, method: {name: value}}, or with a grid
-    {'generation': G, method: {'weight=0.95,n_samples=50': {name: value}}}."""
+    {'generation': G, method: {'weight=0.95,n_samples=50': {name: value}}}; a hypernetwork fit also
+    gets 'degenerate': whether its mean estimator response is below the threshold (H ignores its data)."""
     last = int(curve_table["generation"].max())
     final = curve_table[curve_table["generation"] == last]
     out: dict = {"generation": last}
     for _, row in final.iterrows():
         stats = {k: float(v) for k, v in row.items()
                  if k not in ("method", "generation", *grid) and not pd.isna(v)}  # a metric this point lacks
+        if "response_mean" in stats:
+            stats["degenerate"] = degenerate(stats["response_mean"])
         if grid:
             point = ",".join(f"{key}={row[key]}" for key in grid)
             out.setdefault(row["method"], {})[point] = stats

@@ -3,11 +3,14 @@
 Each family of `models.distributions` is estimated per generation by its closed-form MLE
 (`mle`) or by a hypernetwork trained without (`hyper_mle`) or with (`ple`) the PLE penalty.
 Metrics per seed: every reported parameter, its bias against the true value (`<param>_bias`),
-and for the hypernetwork methods the sensitivity of `HyperEnsemble.sensitivity`.
+and for the hypernetwork methods the estimator response (`tasks.response`) to scale: probes are real
+draws multiplied by PROBE_SCALES, the statistic the log standard deviation of the fitted model's
+samples. The reweighted training of H draws the shares of the data's quartiles.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -22,10 +25,20 @@ from models.distributions import FAMILIES, draw_true
 from models.ple import Fitted
 from tasks.infra.paths import StudyPaths
 from tasks.loop import Dataset, GridPoint
-from tasks.methods import fit_method
+from tasks.methods import HYPERNETWORK_METHODS, fit_method
 from tasks.outputs.figures import draw_metric, save
 from tasks.params import HyperStudyParams, unique
+from tasks.response import Probes, Responsive, probe_generator
 from tasks.studies.base import StudyBase, StudySpec
+
+PROBE_SCALES = (0.8, 1.0, 1.25)
+STATISTIC_DRAWS = 4000
+
+
+def quantile_groups(x: torch.Tensor, k: int = 4) -> torch.Tensor:
+    """The k-quantile bin (0 .. k-1) of every point of x (S, n, 1) within its seed: (S, n)."""
+    rank = x[..., 0].argsort(dim=1).argsort(dim=1)
+    return rank * k // x.shape[1]
 
 
 class GridParams(HyperStudyParams):
@@ -38,7 +51,7 @@ class GridParams(HyperStudyParams):
 
 
 @dataclass(frozen=True)
-class FamilyStudy(StudyBase):
+class FamilyStudy(StudyBase, Responsive):
     params: GridParams
     distribution: str
     experiment: str = "grid"
@@ -61,11 +74,26 @@ class FamilyStudy(StudyBase):
 
     def fit(self, data: Dataset, method: str, generator: torch.Generator) -> Fitted:
         """Closed-form MLE; else hypernetworks with lambda = 0 (hyper_mle) or ple.lam (ple)."""
+        groups = quantile_groups(data.values) if method in HYPERNETWORK_METHODS else None
         fitted = fit_method(method, data.values, FAMILIES[self.distribution], self.params.hyper, self.params.ple,
-                            generator, closed_form=self.family.mle)
+                            generator, closed_form=self.family.mle, groups=groups)
         if fitted.ensemble is not None:
-            fitted.estimate = {k: v.double() for k, v in self.family.readout(fitted.estimate).items()}
+            fitted.estimate = self.readout(fitted.estimate)
         return fitted
+
+    def readout(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.double() for k, v in self.family.readout(weights).items()}
+
+    def probes(self) -> Probes:
+        """Real draws of n points, each multiplied by one of PROBE_SCALES; values log(scale)."""
+        draws = [self.draw_real(self.n_samples, probe_generator("grid", self.distribution, k)) * c
+                 for k, c in enumerate(PROBE_SCALES)]
+        return Probes("log scale", tuple(math.log(c) for c in PROBE_SCALES), tuple(draws))
+
+    def statistic(self, estimate: dict[str, torch.Tensor]) -> torch.Tensor:
+        """log of the standard deviation of STATISTIC_DRAWS samples of the fitted model (a fixed draw)."""
+        samples = self.family.sample(estimate, STATISTIC_DRAWS, 1.0, probe_generator("grid", "statistic"))
+        return samples.std(dim=1).reshape(-1).log()
 
     def sample(self, model: Fitted, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
         return self.family.sample(model.estimate, n, sampling_bias, generator)
@@ -73,8 +101,7 @@ class FamilyStudy(StudyBase):
     def evaluate(self, model: Fitted, data: Dataset) -> dict[str, torch.Tensor]:
         metrics = dict(model.estimate)
         metrics.update({f"{k}_bias": v - self.family.truth[k] for k, v in model.estimate.items()})
-        if model.ensemble is not None:
-            metrics["sensitivity"] = model.ensemble.sensitivity(data.values.float())
+        metrics.update(self.response_metrics(model))
         return metrics
 
 
@@ -107,4 +134,4 @@ def figures(studies, params, tidy: pd.DataFrame, curve_table: pd.DataFrame, path
 
 
 STUDY = StudySpec(name="grid", section="grid", params=GridParams, build=build, figures=figures,
-                  report_metrics=("*_bias",))
+                  report_metrics=("*_bias", "response"))

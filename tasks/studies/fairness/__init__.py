@@ -32,5 +32,5 @@ def figures(studies, params, tidy: pd.DataFrame, curve_table: pd.DataFrame, path
 
 
 STUDY = StudySpec(name="fairness", section="fairness", params=FairnessParams, build=build, figures=figures,
-                  report_metrics=("eo_*", "wga_*", "rare_ratio"),
+                  report_metrics=("eo_*", "wga_*", "rare_ratio", "response"),
                   methods=("mle", "hyper_mle", "ple", "upweight", "oversample"))

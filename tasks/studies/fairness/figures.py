@@ -12,6 +12,7 @@ from tasks.infra import storage
 from tasks.infra.paths import StudyPaths
 from tasks.outputs.figures import draw_metric, save
 from tasks.outputs.tables import standard_error
+from tasks.response import degenerate
 from tasks.studies.fairness import attributes as ad
 from tasks.studies.fairness.group_metrics import GROUP_ACCS, aggregate_over_seeds
 from tasks.studies.fairness.study import FairnessStudy
@@ -48,17 +49,22 @@ def _cell(mean: float, se: float | None = None) -> str:
 
 def last_generation_table(tidy: pd.DataFrame, paths: StudyPaths, modes: list[str]) -> Path:
     """Markdown: per method and mode at the last generation, AIM-Fair's aggregation over seeds
-    (acc, eo, eo_max: mean ± SE; wga: min of the seed-averaged group accuracies) and rare_ratio."""
+    (acc, eo, eo_max: mean ± SE; wga: min of the seed-averaged group accuracies), rare_ratio and, for
+    the hypernetwork methods, the estimator response, marked when degenerate."""
     last = tidy[tidy["generation"] == tidy["generation"].max()]
     seeds = last["seed"].nunique()
     lines = [f"Generation {int(last['generation'].iloc[0])}, {seeds} seeds; balanced real test set. "
              "acc, eo, eo_max, wga per seed: mean ± SE; wga (AIM-Fair): min over groups of the seed-averaged "
-             "group accuracies; rare_ratio: share of the groups s != y in D_g over their share in D_0.", "",
-             "| method | classifier | acc | eo | eo_max | wga (AIM-Fair) | wga per seed | rare_ratio |",
-             "|---|---|---|---|---|---|---|---|"]
+             "group accuracies; rare_ratio: share of the groups s != y in D_g over their share in D_0; response: "
+             "the hypernetwork's estimator response (docs/methods.md).", "",
+             "| method | classifier | acc | eo | eo_max | wga (AIM-Fair) | wga per seed | rare_ratio | response |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for method, rows in last.groupby("method", sort=True):
         values = {name: group.sort_values("seed")["value"].to_numpy() for name, group in rows.groupby("metric")}
         rare = values["rare_ratio"]
+        response = values.get("response")
+        response_cell = "" if response is None else _cell(response.mean(), standard_error(response)) + (
+            " (degenerate: H ignores its data)" if degenerate(response.mean()) else "")
         for mode in modes:
             per_seed = {name: values[f"{name}_{mode}"] for name in ("acc", "eo", "eo_max", *GROUP_ACCS)}
             summary = aggregate_over_seeds(per_seed)
@@ -66,7 +72,7 @@ def last_generation_table(tidy: pd.DataFrame, paths: StudyPaths, modes: list[str
             lines.append("| " + " | ".join([
                 method, mode, _cell(summary["acc"], summary["acc_se"]), _cell(summary["eo"], summary["eo_se"]),
                 _cell(summary["eo_max"], summary["eo_max_se"]), _cell(summary["wga"]),
-                _cell(wga.mean(), standard_error(wga)), _cell(rare.mean(), standard_error(rare))]) + " |")
+                _cell(wga.mean(), standard_error(wga)), _cell(rare.mean(), standard_error(rare)), response_cell]) + " |")
     path = paths.metrics / "last_generation.md"
     storage.write_text(path, "\n".join(lines) + "\n")
     return path

@@ -48,6 +48,8 @@ class FairnessParams(HyperStudyParams):
     test_fraction: float = Field(default=0.3, gt=0.0, lt=1.0, description="held-out share of digits for the "
                                  "balanced test set")
     preset: str = Field(default="small", description="the conditional VAE's size, one of models/vae.py's PRESETS")
+    eval_samples: int = Field(default=500, ge=10, description="generated rows per seed behind the estimator "
+                              "response's statistic")
     downstream: DownstreamParams = Field(default_factory=DownstreamParams)
 
     _unique = field_validator("methods")(unique)

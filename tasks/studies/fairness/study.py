@@ -15,7 +15,10 @@ Metrics per seed and generation:
 - for each downstream mode m (scratch, finetune, selective; `tasks.downstream`): acc_m, eo_m,
   eo_max_m, wga_m and acc_y{y}_s{s}_m of the classifier of y trained on D_g, on the balanced real
   test set (`tasks.fairness`);
-- for hyper_mle and ple: sensitivity, fit_loss, penalty.
+- for hyper_mle and ple: fit_loss, penalty and the estimator response (`tasks.response`) to the
+  rare groups' share: probes are real draws with s != y in PROBE_SHARES of the images, the
+  statistic the rare share of `eval_samples` generated rows (s read from the images).
+The reweighted training of H draws the shares of the four (y, s) groups of D_g.
 The downstream classifiers of seed i use the same random numbers for every method and generation.
 """
 
@@ -35,7 +38,8 @@ from tasks.errors import ParamsError
 from tasks.infra.device import default_device
 from tasks.infra.paths import StudyPaths
 from tasks.loop import Dataset, generator
-from tasks.methods import fit_method
+from tasks.methods import HYPERNETWORK_METHODS, fit_method
+from tasks.response import Probes, Responsive, probe_generator
 from tasks.studies.base import StudyBase
 from tasks.studies.fairness import attributes as ad
 from tasks.studies.fairness.downstream import predict, train_downstream
@@ -44,17 +48,25 @@ from tasks.studies.fairness.params import FairnessParams
 from tasks.studies.images.data import ImageSet, load_images, split, with_channels
 
 
+PROBE_SHARES = (0.0, 0.1, 0.3, 0.5)
+
+
+def group_of(rows: torch.Tensor, image_shape: tuple[int, ...]) -> torch.Tensor:
+    """2 y + s of every row, s read from the image: rows (S, N, P + 1) -> (S, N)."""
+    images, y = ad.split_rows(rows, image_shape)
+    return 2 * y + ad.attribute_of(images.reshape(-1, *image_shape)).view(y.shape)
+
+
 def balancing_weights(rows: torch.Tensor, image_shape: tuple[int, ...]) -> torch.Tensor:
     """1 / (size of the row's (y, s) group) within each seed, scaled to mean 1: rows (S, N, P + 1) -> (S, N)."""
-    images, y = ad.split_rows(rows, image_shape)
-    group = 2 * y + ad.attribute_of(images.reshape(-1, *image_shape)).view(y.shape)
+    group = group_of(rows, image_shape)
     sizes = torch.nn.functional.one_hot(group, 4).sum(1)  # (S, 4)
     weights = 1.0 / sizes.gather(1, group).double()
     return (weights / weights.mean(1, keepdim=True)).float()
 
 
 @dataclass(frozen=True)
-class FairnessStudy(StudyBase):
+class FairnessStudy(StudyBase, Responsive):
     """`train`: the real training split; `test`: the balanced real test set; `seed`: the global seed."""
 
     params: FairnessParams
@@ -93,8 +105,9 @@ class FairnessStudy(StudyBase):
         on the rows weighted, or redrawn, by 1 / (size of their (y, s) group)."""
         x = ad.rows_to_float(data.values)
         if method not in ("upweight", "oversample"):
+            groups = group_of(data.values, self.image_shape) if method in HYPERNETWORK_METHODS else None
             return fit_method(method, x, self.make_generator, self.params.hyper, self.params.ple, generator,
-                              self.device)
+                              self.device, groups=groups)
         config = PLEConfig(**self.params.ple.model_dump())
         weights = balancing_weights(data.values, self.image_shape)
         if method == "upweight":
@@ -108,6 +121,23 @@ class FairnessStudy(StudyBase):
     def sample(self, model: Fitted, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
         target = self.make_generator().to(self.device)
         return ad.rows_to_uint8(sample_weights(target, model.estimate, n, sampling_bias, generator))
+
+    def hyper_input(self, values: torch.Tensor) -> torch.Tensor:
+        return ad.rows_to_float(values)
+
+    def probes(self) -> Probes:
+        """Real draws of n_samples rows with the rare groups (s != y) at each of PROBE_SHARES."""
+        p = self.params
+        return Probes("rare-group share", PROBE_SHARES, tuple(
+            torch.stack([ad.to_rows(ad.draw_biased(self.train, p.threshold, 1 - share, p.n_samples,
+                                                   probe_generator("fairness", k, i))) for i in range(self.seeds)])
+            for k, share in enumerate(PROBE_SHARES)))
+
+    def statistic(self, estimate: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Share of eval_samples generated rows (a fixed draw) in the rare groups s != y."""
+        rows = self.sample(Fitted(estimate), self.params.eval_samples, 1.0, probe_generator("fairness", "statistic"))
+        shares = ad.group_shares(rows, self.image_shape)
+        return shares[:, 1] + shares[:, 2]
 
     def classifier_data(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(images (N, C, H, W) in [0, 1], y (N,)) of rows (N, P + 1)."""
@@ -142,8 +172,8 @@ class FairnessStudy(StudyBase):
                 for i, rows in enumerate(data.values)])
             for name, values in batched_group_metrics(self.test.y, predictions, self.test.s).items():
                 metrics[f"{name}_{mode}"] = torch.from_numpy(values)
+        metrics.update(self.response_metrics(model))
         if model.ensemble is not None:
-            metrics["sensitivity"] = model.ensemble.sensitivity(ad.rows_to_float(data.values))
             metrics["fit_loss"] = model.curve.final_fit
             metrics["penalty"] = model.curve.final_penalty
         return metrics

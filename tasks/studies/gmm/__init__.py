@@ -24,13 +24,14 @@ def build_grid(params, root: Path) -> list[GMMStudy]:
 
 
 def build_lambda_sweep(params, root: Path) -> list[GMMStudy]:
-    """ple at every lambda of gmm.lambda_sweep, with mle and hyper_mle (lambda = 0) at the same point."""
+    """ple at every form x lambda of gmm.lambda_sweep, with mle and hyper_mle (lambda = 0) at the same point."""
     section, sweep = params.gmm, params.gmm.lambda_sweep
     baselines = tuple(m for m in params.methods_of("gmm") if m != "ple")
-    studies = [GMMStudy(section, sweep.weight, sweep.n_samples, 0.0, GridPoint({"lam": 0.0}), baselines,
-                        experiment="gmm_lambda")]
-    return studies + [GMMStudy(section, sweep.weight, sweep.n_samples, lam, GridPoint({"lam": lam}), ("ple",),
-                               experiment="gmm_lambda") for lam in sweep.lams]
+    studies = [GMMStudy(section, sweep.weight, sweep.n_samples, 0.0, GridPoint({"form": "none", "lam": 0.0}),
+                        baselines, experiment="gmm_lambda")]
+    return studies + [GMMStudy(section, sweep.weight, sweep.n_samples, lam, GridPoint({"form": form, "lam": lam}),
+                               ("ple",), experiment="gmm_lambda", form=form)
+                      for form in sweep.forms for lam in sweep.lams]
 
 
 def grid_figures(studies, params, tidy: pd.DataFrame, curve_table: pd.DataFrame, paths: StudyPaths) -> list[Path]:
@@ -45,6 +46,6 @@ def lambda_figures(studies, params, tidy: pd.DataFrame, curve_table: pd.DataFram
 
 
 GMM = StudySpec(name="gmm", section="gmm", params=GMMParams, build=build_grid, figures=grid_figures,
-                report_metrics=("kl",))
+                report_metrics=("kl", "response"))
 GMM_LAMBDA = StudySpec(name="gmm_lambda", section="gmm", params=GMMParams, build=build_lambda_sweep,
-                       figures=lambda_figures, report_metrics=("kl",))
+                       figures=lambda_figures, report_metrics=("kl", "response"))

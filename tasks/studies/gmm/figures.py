@@ -10,6 +10,7 @@ import pandas as pd
 
 from tasks.outputs.figures import draw_metric, save
 from tasks.outputs.tables import standard_error
+from tasks.response import DEGENERATE_BELOW
 
 
 def paired_difference(tidy: pd.DataFrame, baseline: str, method: str) -> pd.DataFrame:
@@ -67,19 +68,29 @@ def kl_curves(curve_table: pd.DataFrame, path: Path) -> Path:
 
 
 def final_kl_against_lambda(curve_table: pd.DataFrame, path: Path, title: str) -> Path:
-    """Last-generation KL of ple against lambda (log axis), mle and hyper_mle as reference bands."""
+    """Last generation against lambda (log axis), one line per penalty form: KL, and the estimator
+    response with the degenerate threshold; mle and hyper_mle as reference bands."""
     last = curve_table[curve_table.generation == curve_table.generation.max()]
-    fig, ax = plt.subplots(figsize=(5.5, 4))
     ple = last[last.method == "ple"].sort_values("lam")
-    ax.errorbar(ple.lam, ple.kl_mean, yerr=ple.kl_se.fillna(0.0), marker="o", capsize=3, label="ple mean ± SE")
-    for method, row in last[last.method != "ple"].set_index("method").iterrows():
-        (line,) = ax.plot(ple.lam, [row.kl_mean] * len(ple), linestyle="--", label=f"{method} mean ± SE")
-        ax.fill_between(ple.lam, row.kl_mean - row.kl_se, row.kl_mean + row.kl_se, color=line.get_color(),
-                        alpha=0.2, linewidth=0)
-    ax.set_xscale("log")
-    ax.set_xlabel("lambda")
-    ax.set_ylabel(f"KL(p_true || q_est), generation {int(last.generation.max())}")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("kl", "response")):
+        for form, rows in ple.groupby("form", sort=True):
+            ax.errorbar(rows.lam, rows[f"{metric}_mean"], yerr=rows[f"{metric}_se"].fillna(0.0), marker="o",
+                        capsize=3, label=f"ple ({form}) mean ± SE")
+        for method, row in last[last.method != "ple"].set_index("method").iterrows():
+            if pd.isna(row.get(f"{metric}_mean")):
+                continue
+            mean, se = row[f"{metric}_mean"], row[f"{metric}_se"]
+            (line,) = ax.plot(ple.lam.unique(), [mean] * ple.lam.nunique(), linestyle="--",
+                              label=f"{method} mean ± SE")
+            ax.fill_between(ple.lam.unique(), mean - se, mean + se, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.set_xscale("log")
+        ax.set_xlabel("lambda")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"KL(p_true || q_est), generation {int(last.generation.max())}")
+    axes[1].axhline(DEGENERATE_BELOW, color="red", linewidth=1, label="degenerate below")
+    axes[1].set_ylabel("relative response to the minority mean")
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
     return save(fig, path)

@@ -5,13 +5,16 @@ imbalance) and the others share 1 - weight. Methods: `mle` (EM), `hyper_mle` (hy
 lambda = 0) and `ple` (hypernetwork with the penalty). Metrics per seed: KL(p_true || q_est) by
 Monte Carlo and its Monte Carlo standard error, the estimated weights, means and standard
 deviations (components ordered by their first mean coordinate), and for the hypernetwork methods
-the final fit and penalty terms and the sensitivity ||H(X1) - H(X2)|| / ||H(X1)|| on two
-disjoint halves X1, X2 of the data (near 0: the hypernetwork ignores its input).
+the final fit and penalty terms and the estimator response (`tasks.response`) to the mean of the
+minority component: probes drawn from the true mixture with that component's means moved by
+-0.5, 0 and +0.5. The reweighted training of H draws component shares over EM's hard assignment
+of the data.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -19,9 +22,12 @@ from pydantic import Field, field_validator, model_validator
 from models.gmm import GMMGenerator, Mixture, em, kl_monte_carlo
 from models.ple import Fitted
 from tasks.loop import Dataset, GridPoint
-from tasks.methods import fit_method
-from tasks.params import HyperStudyParams, Strict
+from tasks.methods import HYPERNETWORK_METHODS, fit_method
+from tasks.params import HyperStudyParams, PLEParams, Strict
+from tasks.response import Probes, Responsive, probe_generator
 from tasks.studies.base import StudyBase
+
+PROBE_SHIFTS = (-0.5, 0.0, 0.5)
 
 
 class GMMGrid(Strict):
@@ -44,9 +50,11 @@ class GMMGrid(Strict):
 
 
 class LambdaSweep(Strict):
-    """PLE at several penalty weights, at one point of the grid, beside MLE and hyper-MLE (lambda = 0)."""
+    """PLE at several penalty weights and forms, at one point of the grid, beside MLE and hyper-MLE (lambda = 0)."""
 
     lams: list[float] = Field(min_length=1, description="penalty weights, each > 0")
+    forms: list[Literal["paper", "self_fit", "stop_gradient"]] = Field(
+        default=["paper", "self_fit", "stop_gradient"], min_length=1, description="penalty forms, each at every lambda")
     weight: float = Field(gt=0.0, lt=1.0)
     n_samples: int = Field(ge=4)
 
@@ -84,7 +92,7 @@ class GMMParams(HyperStudyParams):
 
 
 @dataclass(frozen=True)
-class GMMStudy(StudyBase):
+class GMMStudy(StudyBase, Responsive):
     """One grid point: majority weight, sample size and the penalty weight lam of method ple.
 
     `point` names the point in outputs; `methods`, when set, restricts the methods run there.
@@ -97,6 +105,7 @@ class GMMStudy(StudyBase):
     point: GridPoint
     methods: tuple[str, ...] | None = None
     experiment: str = "gmm"
+    form: str | None = None  # the penalty form of ple; None: the section's ple.form
 
     @property
     def n_samples(self) -> int:
@@ -105,33 +114,63 @@ class GMMStudy(StudyBase):
     @property
     def config(self) -> dict:
         settings = self.params.model_dump(exclude={"methods", "grid", "lambda_sweep"})
+        settings["ple"] = self.ple.model_dump()
         return {**settings, "weight": self.weight, "n_samples": self.n, "lam": self.lam}
+
+    @property
+    def ple(self) -> PLEParams:
+        return self.params.ple if self.form is None else self.params.ple.model_copy(update={"form": self.form})
 
     @property
     def k(self) -> int:
         return len(self.params.means)
 
-    def truth(self) -> Mixture:
-        """The true mixture, repeated over seeds: (S, K), (S, K, d), (S, K, d) in float64."""
+    @property
+    def true_weights(self) -> torch.Tensor:
         rest = torch.tensor(self.params.weights, dtype=torch.float64)
-        weights = torch.cat([torch.tensor([self.weight], dtype=torch.float64), (1 - self.weight) * rest / rest.sum()])
+        return torch.cat([torch.tensor([self.weight], dtype=torch.float64), (1 - self.weight) * rest / rest.sum()])
+
+    def truth(self, shift: float = 0.0) -> Mixture:
+        """The true mixture, repeated over seeds: (S, K), (S, K, d), (S, K, d) in float64; `shift` moves
+        the minority component's means."""
         means = torch.tensor(self.params.means, dtype=torch.float64)
+        means[self.minority] += shift
         stds = torch.tensor(self.params.stds, dtype=torch.float64)
         s = self.seeds
-        return Mixture(weights.expand(s, -1), means.expand(s, -1, -1), stds.expand(s, -1, -1))
+        return Mixture(self.true_weights.expand(s, -1), means.expand(s, -1, -1), stds.expand(s, -1, -1))
+
+    @property
+    def minority(self) -> int:
+        """The component with the smallest true weight (the first of them)."""
+        return int(self.true_weights.argmin())
+
+    def probes(self) -> Probes:
+        """Datasets of n points from the true mixture with the minority means moved by PROBE_SHIFTS."""
+        centre = self.params.means[self.minority][0]
+        return Probes("minority component mean", tuple(centre + d for d in PROBE_SHIFTS),
+                      tuple(self.truth(d).sample(self.n, 1.0, probe_generator("gmm", self.point.name, k)).float()
+                            for k, d in enumerate(PROBE_SHIFTS)))
+
+    def statistic(self, estimate: Mixture) -> torch.Tensor:
+        """The first mean coordinate of the estimated component in the minority's place (by first mean)."""
+        rank = int(torch.tensor(self.params.means)[:, 0].argsort().argsort()[self.minority])
+        return estimate.means[:, rank, 0]
+
+    def readout(self, weights: dict[str, torch.Tensor]) -> Mixture:
+        return Mixture(weights["logits"].softmax(-1).double(), weights["means"].double(),
+                       weights["log_stds"].exp().double()).sorted()
 
     def draw_real(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return self.truth().sample(n, 1.0, generator)
 
     def fit(self, data: Dataset, method: str, generator: torch.Generator) -> Fitted:
         """EM for mle; else hypernetworks with lambda = 0 (hyper_mle) or self.lam (ple)."""
-        d = data.values.shape[-1]
-        fitted = fit_method(method, data.values, lambda: GMMGenerator(self.k, d), self.params.hyper, self.params.ple,
-                            generator, lam=self.lam, closed_form=lambda x: em(x, self.k))
+        d, x = data.values.shape[-1], data.values
+        groups = em(x, self.k).assign(x) if method in HYPERNETWORK_METHODS else None
+        fitted = fit_method(method, x, lambda: GMMGenerator(self.k, d), self.params.hyper, self.ple,
+                            generator, lam=self.lam, closed_form=lambda v: em(v, self.k), groups=groups)
         if fitted.ensemble is not None:
-            w = fitted.estimate
-            fitted.estimate = Mixture(w["logits"].softmax(-1).double(), w["means"].double(),
-                                      w["log_stds"].exp().double()).sorted()
+            fitted.estimate = self.readout(fitted.estimate)
         return fitted
 
     def sample(self, model: Fitted, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
@@ -148,8 +187,8 @@ class GMMStudy(StudyBase):
                 suffix = f"{c + 1}" if mix.means.shape[-1] == 1 else f"{c + 1}_{j + 1}"
                 metrics[f"mean_{suffix}"] = mix.means[:, c, j]
                 metrics[f"std_{suffix}"] = mix.stds[:, c, j]
+        metrics.update(self.response_metrics(model))
         if model.ensemble is not None:
-            metrics["sensitivity"] = model.ensemble.sensitivity(data.values.float())
             metrics["fit_loss"] = model.curve.final_fit
             metrics["penalty"] = model.curve.final_penalty
         return metrics

@@ -14,7 +14,7 @@ from tasks.infra import storage
 from tasks.outputs.figures import plot_curves, save
 from tasks.infra.paths import StudyPaths
 
-CURVES = ["fid_classifier", "minority_ratio", "share_other", "data_loss"]
+CURVES = ["fid_classifier", "minority_ratio", "share_other", "data_loss", "response"]
 
 
 def tile(images: torch.Tensor, columns: int) -> np.ndarray:

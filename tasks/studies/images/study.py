@@ -14,7 +14,11 @@ Metrics per seed, each from `eval_samples` generated images drawn with a fixed s
   class outside `classes`; precision and recall (k = 5) in classifier feature space;
 - data_loss: the generator's fit loss on its own training data D_g, one fixed noise draw
   (negative ELBO in nats per image for the VAE, MMD^2 for the GMMN);
-- for hyper_mle and ple: the final fit and penalty terms and the sensitivity of `HyperEnsemble`.
+- for hyper_mle and ple: the final fit and penalty terms and the estimator response
+  (`tasks.response`) to the minority share: probes are real draws with the minority at
+  PROBE_SHARES (the other classes keep their ratios), the statistic the share of `eval_samples`
+  generated images the reference classifier labels as the minority.
+The reweighted training of H draws the shares of the classes the reference classifier reads in D_g.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from tasks.infra import checkpoints, storage
 from tasks.infra.device import default_device
 from tasks.infra.paths import StudyPaths
 from tasks.loop import Dataset, generator
-from tasks.methods import fit_method
+from tasks.methods import HYPERNETWORK_METHODS, fit_method
+from tasks.response import Probes, Responsive, probe_generator
 from tasks.studies.base import StudyBase
 from tasks.studies.images import fid
 from tasks.studies.images.data import ImageSet, class_pools, draw_imbalanced, load_images, split, to_float, to_uint8
@@ -48,6 +53,7 @@ from tasks.studies.images.params import ImageParams
 
 GENERATORS = {"vae": (VAE, VAE_PRESETS), "gmmn": (GMMN, GMMN_PRESETS)}
 EVAL_SEED = 0  # the same generated images are scored for every method and generation
+PROBE_SHARES = (0.1, 0.2, 0.3, 0.5)
 
 
 def reference_size(test: ImageSet, classes: list[int], proportions: list[float]) -> int:
@@ -57,7 +63,7 @@ def reference_size(test: ImageSet, classes: list[int], proportions: list[float])
 
 
 @dataclass(frozen=True)
-class ImageStudy(StudyBase):
+class ImageStudy(StudyBase, Responsive):
     """`train`: the real training split; `reference`: held-out real images at the study's proportions."""
 
     params: ImageParams
@@ -89,8 +95,37 @@ class ImageStudy(StudyBase):
 
     def fit(self, data: Dataset, method: str, generator: torch.Generator) -> Fitted:
         """The generator's own loss for mle; hypernetworks with lambda = 0 (hyper_mle) or lam (ple)."""
+        groups = None
+        if method in HYPERNETWORK_METHODS:
+            groups = torch.stack([self.predict(images) for images in data.values])
         return fit_method(method, to_float(data.values), self.make_generator, self.params.hyper, self.params.ple,
-                          generator, self.device)
+                          generator, self.device, groups=groups)
+
+    def hyper_input(self, values: torch.Tensor) -> torch.Tensor:
+        return to_float(values)
+
+    def probes(self) -> Probes:
+        """Real draws of n_samples images with the minority at each of PROBE_SHARES."""
+        p = self.params
+        others = [(c, q) for c, q in zip(p.classes, p.proportions) if c != p.minority]
+        total = sum(q for _, q in others)
+        datasets = []
+        for k, share in enumerate(PROBE_SHARES):
+            proportions = [share if c == p.minority else (1 - share) * q / total for c, q in zip(p.classes,
+                                                                                                p.proportions)]
+            try:
+                datasets.append(torch.stack([draw_imbalanced(self.train, p.classes, proportions, p.n_samples,
+                                                             probe_generator(self.experiment, k, i)).images
+                                             for i in range(self.seeds)]))
+            except ValueError as exc:
+                raise ParamsError(f"{self.experiment}.n_samples = {p.n_samples}: the response probe with minority "
+                                  f"share {share}: {exc}") from None
+        return Probes("minority share", PROBE_SHARES, tuple(datasets))
+
+    def statistic(self, estimate: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Share of eval_samples generated images (a fixed draw) the reference classifier labels as the minority."""
+        images = self.sample(Fitted(estimate), self.params.eval_samples, 1.0, probe_generator("images", "statistic"))
+        return torch.stack([(self.predict(part) == self.params.minority).double().mean() for part in images])
 
     def sample(self, model: Fitted, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
         return to_uint8(sample_weights(self.make_generator().to(self.device), model.estimate, n, sampling_bias,
@@ -133,8 +168,8 @@ class ImageStudy(StudyBase):
                 rows.setdefault(name, []).append(value)
         metrics = {name: torch.tensor(values, dtype=torch.float64) for name, values in rows.items()}
         metrics["data_loss"] = self.data_loss(model, to_float(data.values))
+        metrics.update(self.response_metrics(model))
         if model.ensemble is not None:
-            metrics["sensitivity"] = model.ensemble.sensitivity(to_float(data.values))
             metrics["fit_loss"] = model.curve.final_fit
             metrics["penalty"] = model.curve.final_penalty
         return metrics
