@@ -42,6 +42,7 @@ def test_following_the_guide_adds_a_study_that_dvc_runs(project_copy, prefect_ap
 
     summary = json.loads((repo / "metrics/points/summary.json").read_text())
     assert summary["generation"] == 2 and set(summary) == {"generation", "mle", "hyper_mle", "ple"}
+    assert {"response_mean", "degenerate"} <= set(summary["ple"]) and "response_mean" not in summary["mle"]
     # generation 0 of mle is the sample mean and std of 50 draws from the file (N(2, 0.5^2)): within 5 SE
     tidy = pd.read_csv(repo / "metrics/points/per_generation.csv")
     first = tidy[(tidy.method == "mle") & (tidy.generation == 0)].pivot(index="seed", columns="metric", values="value")
