@@ -4,15 +4,18 @@
    with batch norm), the generator's parameter count P and, per head, the hypernetwork's count
    and its ratio to P. The heads are lowrank with rank 8 and rank 16 and linear, all with
    hidden 256. The linear head is not built (h P weights: 6 GB in float32, 24 GB with gradients
-   and Adam's state): its count is worked out as h P + P (bases) + the encoder and post MLPs. Target: lowrank stays at most 2 x P.
+   and Adam's state): its count is worked out as h P + P (bases) + the encoder and post MLPs.
+   Target: lowrank stays at most 2 x P.
 2. Time: one PLE fit (`fit_ensemble`, lam > 0, reweighted training on random groups) against
    one MLE fit (`fit_direct`) on the same data, with the same seeds, steps and batch size, as a
    ratio per head. The data are random 8x8 uint8 images scaled to [0, 1], and the model is the
    `small` preset. With --paper-steps > 0, the same is timed for the paper VAE on 28x28 images,
-   one seed, lowrank heads only. Each fit is timed `--repeats` times, interleaved, and the
-   shortest time is kept: the ratios hold on a shared machine; the seconds are only indicative.
+   one seed, lowrank heads only. Times are CPU seconds of this process on `--threads` torch
+   threads (default 1): with one thread that is the wall time on an idle machine, and unlike wall
+   time it leaves out the time other programs hold the cores. Each fit runs `--repeats` times,
+   interleaved with the others, and keeps its shortest time.
 
-    .venv/bin/python benchmarks/ple_engine.py [--seeds 4 --steps 50 --paper-steps 20 --repeats 3]
+    .venv/bin/python benchmarks/ple_engine.py [--seeds 4 --steps 50 --paper-steps 20 --repeats 2 --threads 1]
 """
 
 from __future__ import annotations
@@ -60,13 +63,13 @@ def sizes() -> None:
 
 
 def best_of(repeats: int, fits: dict) -> dict[str, float]:
-    """The shortest of `repeats` wall times of every fit, the fits interleaved (fairer on a busy machine)."""
+    """The shortest of `repeats` CPU times of every fit, the fits interleaved."""
     best = dict.fromkeys(fits, math.inf)
     for _ in range(repeats):
         for name, fit in fits.items():
-            start = time.perf_counter()
+            start = time.process_time()
             fit()
-            best[name] = min(best[name], time.perf_counter() - start)
+            best[name] = min(best[name], time.process_time() - start)
     return best
 
 
@@ -84,8 +87,8 @@ def times(preset: str, shape: tuple[int, int], seeds: int, steps: int, heads: li
             make, x, HEADS[name], config, torch.Generator().manual_seed(1), groups=groups)
     best = best_of(repeats, fits)
     mle = best["MLE (fit_direct)"]
-    print(f"VAE '{preset}' (P = {parameter_count(make()):,}) on random {shape[0]}x{shape[1]} images: {seeds} seeds "
-          f"x {steps} steps x batch 100, best of {repeats}")
+    print(f"VAE '{preset}' (P = {parameter_count(make()):,}) on random {shape[0]}x{shape[1]} images: {seeds} seed(s) "
+          f"x {steps} steps x batch 100, CPU s, best of {repeats}")
     for name, seconds in best.items():
         print(f"  {name:36s} {seconds:8.2f} s  {seconds / mle:6.1f} x MLE")
 
@@ -95,9 +98,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--paper-steps", type=int, default=20, help="steps of the paper VAE timing (0: skip)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     sizes()
     times("small", (8, 8), args.seeds, args.steps, list(HEADS), args.repeats)
     if args.paper_steps:  # the linear head of the paper VAE would not fit in memory
