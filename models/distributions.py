@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.gmm import GMMGenerator, Mixture, em
+from models.gmm import GMMGenerator, Mixture, bounded, em
 from models.ple import Generative
 
 Report = dict[str, torch.Tensor]  # reported parameter -> (S,)
@@ -192,7 +192,7 @@ class TwoGaussians(GMMGenerator):
                        torch.stack([report["std_1"], report["std_2"]], 1)[..., None])
 
     def readout(self, w):
-        return self._report(Mixture(w["logits"].softmax(-1), w["means"], w["log_stds"].exp()))
+        return self._report(bounded(w["logits"], w["means"], w["log_stds"]))
 
     def mle(self, x):
         return self._report(em(x, 2))

@@ -20,6 +20,7 @@ from models.ple import Generative
 
 LOG_2PI = math.log(2 * math.pi)
 MIN_STD = 1e-3
+LOGIT_BOUND, MEAN_BOUND, LOG_STD_MAX = 30.0, 1e3, 7.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,14 @@ def kl_monte_carlo(true: Mixture, est: Mixture, m: int, generator: torch.Generat
     return diff.mean(dim=1), diff.std(dim=1) / math.sqrt(m)
 
 
+def bounded(logits: torch.Tensor, means: torch.Tensor, log_stds: torch.Tensor) -> Mixture:
+    """The mixture of raw parameters (..., K), (..., K, d), (..., K, d), read through bounds: logits in
+    [-30, 30], means in [-1e3, 1e3], stds in [1e-3, e^7]. Identity on sensible values; a diverging
+    fit stays finite (its KL and samples show the divergence) instead of turning to NaN."""
+    return Mixture(F.softmax(logits.clamp(-LOGIT_BOUND, LOGIT_BOUND), -1), means.clamp(-MEAN_BOUND, MEAN_BOUND),
+                   log_stds.clamp(math.log(MIN_STD), LOG_STD_MAX).exp())
+
+
 class GMMGenerator(Generative):
     """A K-component diagonal mixture as an `nn.Module` whose parameters a hypernetwork emits."""
 
@@ -109,8 +118,7 @@ class GMMGenerator(Generative):
         self.log_stds = nn.Parameter(torch.zeros(k, d))
 
     def mixture(self) -> Mixture:
-        return Mixture(F.softmax(self.logits, -1)[None], self.means[None],
-                       self.log_stds.exp().clamp_min(MIN_STD)[None])
+        return bounded(self.logits[None], self.means[None], self.log_stds[None])
 
     def nll(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         return -self.mixture().log_prob(x[None]).mean()
@@ -122,8 +130,8 @@ class GMMGenerator(Generative):
 
     def rsample(self, noise: torch.Tensor, sampling_bias: float = 1.0) -> torch.Tensor:
         gumbel, eps = noise[:, : self.k], noise[:, self.k:]
-        soft = F.softmax((F.log_softmax(self.logits, -1) + gumbel) / self.tau, dim=-1)  # (n, K)
+        mix = self.mixture()
+        soft = F.softmax((mix.weights[0].log() + gumbel) / self.tau, dim=-1)  # (n, K)
         hard = F.one_hot(soft.argmax(-1), self.k).to(soft.dtype)
         pick = hard + soft - soft.detach()  # straight-through
-        stds = self.log_stds.exp().clamp_min(MIN_STD)
-        return pick @ self.means + math.sqrt(sampling_bias) * (pick @ stds) * eps
+        return pick @ mix.means[0] + math.sqrt(sampling_bias) * (pick @ mix.stds[0]) * eps

@@ -126,11 +126,16 @@ def test_penalty_gradient_flows_through_the_samples():
     assert hyper.encoder[0].weight.grad.abs().sum() > 0
 
 
-def test_stop_gradient_keeps_the_penalty_from_moving_h_where_it_reads_the_samples():
-    """paper and stop_gradient have the same value; their gradients differ, and only by H(Y)'s part."""
-    torch.manual_seed(4)
+def _small_gmm_hyper(seed: int) -> tuple[HyperNetwork, torch.Tensor, torch.Tensor]:
+    """A hypernetwork of a 2-component 1-D mixture, 40 data points and their noise."""
+    torch.manual_seed(seed)
     hyper = HyperNetwork(GMMGenerator(k=2, d=1), in_features=1, config=HyperConfig(hidden=16))
-    x, noise = torch.randn(40, 1), hyper.target.noise(40, torch.Generator().manual_seed(0))
+    return hyper, torch.randn(40, 1), hyper.target.noise(40, torch.Generator().manual_seed(0))
+
+
+def test_stop_gradient_keeps_the_penalty_from_moving_h_where_it_reads_the_samples():
+    """paper and stop_gradient have the same value; their gradients differ (H(Y)'s part is cut)."""
+    hyper, x, noise = _small_gmm_hyper(4)
     grads = {}
     for form in ("paper", "stop_gradient"):
         hyper.zero_grad()
@@ -142,9 +147,7 @@ def test_stop_gradient_keeps_the_penalty_from_moving_h_where_it_reads_the_sample
 
 
 def test_self_fit_adds_the_fit_of_h_to_its_own_samples():
-    torch.manual_seed(5)
-    hyper = HyperNetwork(GMMGenerator(k=2, d=1), in_features=1, config=HyperConfig(hidden=16))
-    x, noise = torch.randn(40, 1), hyper.target.noise(40, torch.Generator().manual_seed(0))
+    hyper, x, noise = _small_gmm_hyper(5)
     with torch.no_grad():
         _, paper = ple_terms(hyper, x, noise, form="paper")
         _, self_fit = ple_terms(hyper, x, noise, form="self_fit")

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from models.gmm import GMMGenerator, Mixture, em, kl_monte_carlo
+from models.gmm import GMMGenerator, Mixture, bounded, em, kl_monte_carlo
 from models.ple import Fitted
 from tasks.loop import Dataset, GridPoint
 from tasks.methods import HYPERNETWORK_METHODS, fit_method
@@ -157,8 +157,7 @@ class GMMStudy(StudyBase, Responsive):
         return estimate.means[:, rank, 0]
 
     def readout(self, weights: dict[str, torch.Tensor]) -> Mixture:
-        return Mixture(weights["logits"].softmax(-1).double(), weights["means"].double(),
-                       weights["log_stds"].exp().double()).sorted()
+        return bounded(weights["logits"].double(), weights["means"].double(), weights["log_stds"].double()).sorted()
 
     def draw_real(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return self.truth().sample(n, 1.0, generator)
