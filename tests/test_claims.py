@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.outputs.claims import CLAIMS, Claim, Term, corner, evaluate, main, plus_minus, rows, verdict
+from tasks.outputs.claims import CLAIMS, Claim, Term, corner, difference, evaluate, main, plus_minus, rows, verdict
 from tasks.studies import load_params, spec
 
 from conftest import ROOT, subprocess_env, write_params
@@ -197,3 +197,13 @@ def test_the_stage_reads_what_the_claims_read():
     assert [{"metrics/claims.md": {"cache": False}}] == stage["outs"]
     assert [{"metrics/claims.json": {"cache": False}}] == stage["metrics"]
     assert "metrics/claims.json" in pipeline["metrics"]
+
+
+def test_a_target_turns_a_term_into_its_distance_from_the_target():
+    """minority_ratio is fair at 1: 5.8 (over-represented) is farther from fair than 0.14."""
+    summary = {"generation": 4, "ple": {"minority_ratio_mean": 5.84, "minority_ratio_se": 0.8},
+               "mle": {"minority_ratio_mean": 0.14, "minority_ratio_se": 0.14}}
+    ple, mle = Term("ple", "minority_ratio", 1.0).of(summary, None), Term("mle", "minority_ratio", 1.0).of(summary, None)
+    assert ple == pytest.approx((4.84, 0.8)) and mle == pytest.approx((0.86, 0.14))
+    effect, se = difference(ple, mle)
+    assert verdict(effect, se, "negative", {"ple": 0.5}) == "contradicted"

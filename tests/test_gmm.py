@@ -15,7 +15,6 @@ from mlflow import MlflowClient
 from flows.study import study_flow
 from models.gmm import Mixture, em, kl_monte_carlo
 from tasks.loop import GridPoint, generator, real_dataset
-from tasks.response import DEGENERATE_BELOW
 from tasks.studies import load_params
 from tasks.studies.gmm.study import GMMParams, GMMStudy
 
@@ -85,14 +84,15 @@ def test_gmm_flow_runs_the_grid_with_every_method(tmp_path, prefect_api):
     assert sorted(p.name for p in folder.glob("*.parquet")) == ["gen_000.parquet", "gen_001.parquet"]
 
 
-def test_lambda_sweep_runs_ple_per_lambda_beside_the_baselines(tmp_path, prefect_api):
-    sweep = {"lams": [0.1, 10.0], "weight": 0.9, "n_samples": 20}
+def test_lambda_sweep_runs_ple_per_form_and_lambda_beside_the_baselines(tmp_path, prefect_api):
+    sweep = {"lams": [0.1, 10.0], "forms": ["paper", "stop_gradient"], "weight": 0.9, "n_samples": 20}
     tidy = study_flow(study="gmm_lambda", params_file=str(write_params(tmp_path, gmm={"lambda_sweep": sweep, **TINY})),
                            root=str(tmp_path))
     kl = tidy[(tidy.metric == "kl") & (tidy.generation == 1)]
-    assert sorted(kl[kl.method == "ple"].lam.unique()) == [0.1, 10.0]
+    ple = kl[kl.method == "ple"]
+    assert set(zip(ple.form, ple.lam)) == {(f, lam) for f in ("paper", "stop_gradient") for lam in (0.1, 10.0)}
     assert set(kl[kl.lam == 0.0].method) == {"mle", "hyper_mle"}
-    assert len(kl) == 4 * 3  # (mle, hyper_mle, ple x 2) x seeds
+    assert len(kl) == 6 * 3  # (mle, hyper_mle, ple x 2 forms x 2 lambdas) x seeds
     assert (tmp_path / "figures/gmm_lambda/kl_vs_lambda.png").stat().st_size > 10_000
 
 
@@ -105,23 +105,25 @@ def _gmm_study(ple: dict, seeds: int = 8) -> GMMStudy:
 
 def test_training_over_reweighted_draws_makes_h_follow_the_minority_mean():
     """hyper_mle at n = 200, weight 0.8, 8 seeds: H's response to the minority component's mean
-    (probes at 1.5, 2, 2.5), relative to EM's, with the default training against the old one
-    (random halves of the one dataset, 300 steps).
+    (probes at 1.5, 2, 2.5), relative to EM's, trained 1000 steps on reweighted tenth-size draws,
+    against the former training (random halves of the one dataset, 300 steps).
 
-    Measured: about 0.25 (SE 0.03) against 0.03: H is an estimator only when trained over many
-    datasets. The response stays well below EM's; 0.5 is not reached with these families (the
-    draws vary the component shares far more than the minority's location).
+    Measured: about 0.25 (SE 0.03) against 0.03: H follows its data only when trained over many
+    datasets, and then still at a quarter of EM's slope (0.5 is not reached with these families:
+    the draws vary the component shares far more than the minority's location). The defaults
+    (500 steps, quarter-size draws) reach less: the gmm study reports them degenerate.
     """
     x = None
     responses = {}
-    for name, ple in {"default": {}, "halves": {"training": "halves", "batch_fraction": 0.5, "steps": 300}}.items():
+    for name, ple in {"many datasets": {"steps": 1000, "batch_fraction": 0.1},
+                      "halves": {"training": "halves", "batch_fraction": 0.5, "steps": 300}}.items():
         study = _gmm_study(ple)
         x = study.draw_real(200, generator(0, "real", 0)) if x is None else x
         fitted = study.fit(real_dataset(x), "hyper_mle", generator(0, "fit"))
         responses[name] = study.response_metrics(fitted)["response"]
-    gain = responses["default"] - responses["halves"]
+    gain = responses["many datasets"] - responses["halves"]
     assert gain.mean() > 4 * gain.std() / len(gain) ** 0.5
-    assert responses["default"].mean() > DEGENERATE_BELOW > responses["halves"].mean()
+    assert responses["halves"].mean() < 0.1
 
 
 def test_regime_of_the_imbalanced_low_data_corner(tmp_path, prefect_api):
@@ -153,7 +155,7 @@ def test_three_components_in_two_dimensions(tmp_path):
     path = write_params(tmp_path, gmm={"means": [[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]], "stds": [[1.0, 1.0]] * 3,
                                        "weights": [1.0, 1.0], **TINY})
     params = load_params(path)
-    study = GMMStudy(params.gmm, 0.6, 80, 0.1, {"weight": 0.6, "n_samples": 80})
+    study = GMMStudy(params.gmm, 0.6, 80, 0.1, GridPoint({"weight": 0.6, "n_samples": 80}))
     data = loop.real_dataset(study.draw_real(80, loop.generator(0, "real", 0)))
     assert data.values.shape == (3, 80, 2)
     torch.testing.assert_close(study.truth().weights[0], torch.tensor([0.6, 0.2, 0.2], dtype=torch.float64))
