@@ -145,10 +145,11 @@ class GMMStudy(StudyBase, Responsive):
         return int(self.true_weights.argmin())
 
     def probes(self) -> Probes:
-        """Datasets of n points from the true mixture with the minority means moved by PROBE_SHIFTS."""
+        """Datasets of n points from the true mixture with the minority means moved by PROBE_SHIFTS; the
+        same for every point of the same weight and n (gmm_lambda's forms and lambdas share them)."""
         centre = self.params.means[self.minority][0]
         return Probes("minority component mean", tuple(centre + d for d in PROBE_SHIFTS),
-                      tuple(self.truth(d).sample(self.n, 1.0, probe_generator("gmm", self.point.name, k)).float()
+                      tuple(self.truth(d).sample(self.n, 1.0, probe_generator("gmm", self.weight, self.n, k)).float()
                             for k, d in enumerate(PROBE_SHIFTS)))
 
     def statistic(self, estimate: Mixture) -> torch.Tensor:
