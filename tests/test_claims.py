@@ -207,3 +207,18 @@ def test_a_target_turns_a_term_into_its_distance_from_the_target():
     assert ple == pytest.approx((4.84, 0.8)) and mle == pytest.approx((0.86, 0.14))
     effect, se = difference(ple, mle)
     assert verdict(effect, se, "negative", {"ple": 0.5}) == "contradicted"
+
+
+def test_a_response_relative_to_an_unidentified_mle_slope_is_invalid():
+    """When MLE's own probe slope is within 2 SE of 0 the relative response means nothing."""
+    assert verdict(-1.0, 0.1, "negative", {"ple": 0.5}, identified=False) == "invalid (response not identified)"
+    claim = next(c for c in CLAIMS if c.key == "gmm_kl")
+    point = "weight=0.95,n_samples=50"
+    entry = {"kl_mean": 0.1, "kl_se": 0.01, "response_mean": 0.5, "response_se": 0.1,
+             "response_slope_mle_mean": 0.31, "response_slope_mle_se": 0.31}
+    summary = {"generation": 4, "mle": {point: {"kl_mean": 0.5, "kl_se": 0.01}}, "ple": {point: entry},
+               "hyper_mle": {point: entry}}
+    assert evaluate(claim, summary, None)["verdict"] == "invalid (response not identified)"
+    identified = {**entry, "response_slope_mle_se": 0.1}
+    summary = {**summary, "ple": {point: identified}, "hyper_mle": {point: identified}}
+    assert evaluate(claim, summary, None)["verdict"] == "supported"

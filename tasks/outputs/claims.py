@@ -117,13 +117,17 @@ CLAIMS: tuple[Claim, ...] = (
 
 
 def verdict(effect: float | None, se: float | None, direction: Direction | None,
-            responses: Mapping[str, float | None]) -> str:
+            responses: Mapping[str, float | None], identified: bool = True) -> str:
     """The first that applies, with s = +1 for a claimed positive effect and -1 for a negative one:
-    pending (effect or SE missing); invalid (degenerate H) (a mean response below DEGENERATE_BELOW);
+    pending (effect or SE missing); invalid (response not identified) (`identified` False: MLE's own
+    probe slope is not beyond Z SE above 0, so no response can be measured relative to it);
+    invalid (degenerate H) (a mean response below DEGENERATE_BELOW);
     invalid (response not measured) (a mean response missing); supported (s * effect > Z * SE);
     contradicted (s * effect < -Z * SE); not shown (|effect| <= Z * SE)."""
     if effect is None or se is None:
         return PENDING
+    if not identified:
+        return "invalid (response not identified)"
     if any(mean is not None and degenerate(mean) for mean in responses.values()):
         return "invalid (degenerate H)"
     if any(mean is None for mean in responses.values()):
@@ -221,6 +225,10 @@ def evaluate(claim: Claim, summary: dict | None, section: BaseModel | None) -> d
     effect, se = difference(*terms) if len(terms) == 2 else (None, None)
     responses = {m: statistics(summary, m, point, "response") for m in claim.responses}
     shown = "; ".join(f"{m} {plus_minus(*r) if r[0] is not None else 'not measured'}" for m, r in responses.items())
+    references = [statistics(summary, m, point, "response_slope_mle") for m in claim.judged]
+    identified = all(mean is None or se is None or mean > Z * se for mean, se in references)
+    if references and references[0][0] is not None:
+        shown += f" (MLE's slope {plus_minus(*references[0])})"
     return {
         "claim": claim.text,
         "study": claim.study or MISSING,
@@ -231,7 +239,7 @@ def evaluate(claim: Claim, summary: dict | None, section: BaseModel | None) -> d
         "setting": setting(claim, section, summary, point),
         "response": shown or claim.response_note,
         "responses": {m: None if r[0] is None else {"mean": r[0], "se": r[1]} for m, r in responses.items()},
-        "verdict": verdict(effect, se, claim.direction, {m: responses[m][0] for m in claim.judged}),
+        "verdict": verdict(effect, se, claim.direction, {m: responses[m][0] for m in claim.judged}, identified),
     }
 
 
@@ -262,15 +270,16 @@ def markdown(table: dict[str, dict]) -> str:
         "`metrics/<study>/summary.json`; do not edit. Definitions: docs/metrics.md, \"Claims report\".", "",
         "value: effect ± SE at the summary's generation, effect = mean_a - mean_b over seeds, "
         "SE = sqrt(SE_a^2 + SE_b^2) (seeds taken as independent). response: mean ± SE over seeds of the "
-        "relative response of each hypernetwork method.", "",
+        "relative response of each hypernetwork method, and the MLE reference slope it is relative to.", "",
         "Verdict, the first that applies (s = +1 for a claimed positive effect, -1 for a negative one):", "",
         f"1. {PENDING}: no study yet, or a mean or SE the row needs is missing;",
-        "2. invalid (degenerate H): a hypernetwork method the row compares has mean response below "
+        f"2. invalid (response not identified): MLE's own probe slope is not beyond {Z:g} SE above 0;",
+        "3. invalid (degenerate H): a hypernetwork method the row compares has mean response below "
         f"{DEGENERATE_BELOW};",
-        "3. invalid (response not measured): such a method's response is missing;",
-        f"4. supported: s * effect > {Z:g} SE;",
-        f"5. contradicted: s * effect < -{Z:g} SE;",
-        f"6. not shown: |effect| <= {Z:g} SE.", "",
+        "4. invalid (response not measured): such a method's response is missing;",
+        f"5. supported: s * effect > {Z:g} SE;",
+        f"6. contradicted: s * effect < -{Z:g} SE;",
+        f"7. not shown: |effect| <= {Z:g} SE.", "",
         "| claim | study | value | setting | response | verdict |",
         "|---|---|---|---|---|---|",
     ]
