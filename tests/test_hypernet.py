@@ -141,7 +141,7 @@ def test_stop_gradient_keeps_the_penalty_from_moving_h_where_it_reads_the_sample
         hyper.zero_grad()
         _, penalty = ple_terms(hyper, x, noise, form=form)
         penalty.backward()
-        grads[form] = (float(penalty), hyper.encoder[0].weight.grad.clone())
+        grads[form] = (float(penalty.detach()), hyper.encoder[0].weight.grad.clone())
     assert grads["paper"][0] == pytest.approx(grads["stop_gradient"][0])
     assert not torch.allclose(grads["paper"][1], grads["stop_gradient"][1])
 
