@@ -104,14 +104,15 @@ def _gmm_study(ple: dict, seeds: int = 8) -> GMMStudy:
 
 
 def test_training_over_reweighted_draws_makes_h_follow_the_minority_mean():
-    """hyper_mle at n = 200, weight 0.8, 8 seeds: H's response to the minority component's mean
-    (probes at 1.5, 2, 2.5), relative to EM's, trained 1000 steps on reweighted tenth-size draws,
-    against the former training (random halves of the one dataset, 300 steps).
+    """hyper_mle at n = 200, weight 0.8, 8 seeds: H's responses to the minority component's mean
+    (probes at 1.5, 2, 2.5) and to the mixture mean, relative to EM's, trained 1000 steps on reweighted
+    tenth-size draws, against the former training (random halves of the one dataset, 300 steps).
 
-    Measured: about 0.25 (SE 0.03) against 0.03: H follows its data only when trained over many
-    datasets, and then still at a quarter of EM's slope (0.5 is not reached with these families:
-    the draws vary the component shares far more than the minority's location). The defaults
-    (500 steps, quarter-size draws) reach less: the gmm study reports them degenerate.
+    Measured: the mixture mean 0.8-0.9 (EM's slope 1.08 ± 0.15), the minority mean about 0.25 (SE
+    0.03; EM's own slope 1.04 ± 0.23) against 0.03 with halves. 0.5 is not reached for the minority
+    mean, with any training family tried, even datasets drawn from the shifted truths themselves
+    (0.57): at this overlap EM splits a shift between the minority's mean, the weights and the
+    majority's mean differently on every draw, and H learns a smoother split. docs/methods.md.
     """
     x = None
     responses = {}
@@ -120,10 +121,14 @@ def test_training_over_reweighted_draws_makes_h_follow_the_minority_mean():
         study = _gmm_study(ple)
         x = study.draw_real(200, generator(0, "real", 0)) if x is None else x
         fitted = study.fit(real_dataset(x), "hyper_mle", generator(0, "fit"))
-        responses[name] = study.response_metrics(fitted)["response"]
-    gain = responses["many datasets"] - responses["halves"]
+        responses[name] = study.response_metrics(fitted)
+    gain = responses["many datasets"]["response_minority_mean"] - responses["halves"]["response_minority_mean"]
     assert gain.mean() > 4 * gain.std() / len(gain) ** 0.5
-    assert responses["halves"].mean() < 0.1
+    assert responses["halves"]["response_minority_mean"].mean() < 0.1
+    mixture = responses["many datasets"]["response_mixture_mean"]
+    assert mixture.mean() - 2 * mixture.std() / len(mixture) ** 0.5 > 0.5
+    headline = responses["many datasets"]["response"]
+    assert torch.equal(headline, responses["many datasets"]["response_minority_mean"])  # the lower one
 
 
 def test_regime_of_the_imbalanced_low_data_corner(tmp_path, prefect_api):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -39,6 +41,57 @@ def test_stages_do_not_depend_on_other_studies_or_on_reports():
         others = {s.section for s in STUDIES} - {study.section, "digits", "mnist", "cifar10"}
         assert not [d for d in deps if any(d.startswith(f"tasks/studies/{o}") for o in others)], study.name
         assert "tasks" not in deps and "models" not in deps and "tasks/outputs/reports.py" not in deps
+
+
+def _local_imports(path: Path, skip: set[str]) -> set[Path]:
+    """Repository files `path` imports, transitively, not entering the modules in `skip`."""
+    seen: set[Path] = set()
+    todo = [path]
+    while todo:
+        file = todo.pop()
+        if file in seen:
+            continue
+        seen.add(file)
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module, *(f"{node.module}.{a.name}" for a in node.names)] \
+                if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            for name in names:
+                if name.split(".")[0] not in ("flows", "tasks", "models") or name in skip \
+                        or any(name.startswith(f"{s}.") for s in skip):
+                    continue
+                base = ROOT / name.replace(".", "/")
+                todo += [f for f in (base.with_suffix(".py"), base / "__init__.py") if f.exists()]
+    return seen
+
+
+def _docstring_only(path: Path) -> bool:
+    body = ast.parse(path.read_text()).body
+    return all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body)
+
+
+def _study_module(study) -> str:
+    """tasks.studies.<name>: the module or package that defines the study's params."""
+    return ".".join(study.params.__module__.split(".")[:3])
+
+
+def test_every_stage_depends_on_the_code_its_study_runs():
+    """A change to any module a study imports (flows/study.py and the study's own package, followed
+    through every repository import except the registry and the other studies) reruns its stage."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    gaps = {}
+    for study in STUDIES:
+        own = _study_module(study)
+        skip = {"tasks.studies"} | {_study_module(s) for s in STUDIES} - {own}
+        files = _local_imports(ROOT / "flows/study.py", skip) | _local_imports(
+            ROOT / own.replace(".", "/") / "__init__.py" if (ROOT / own.replace(".", "/")).is_dir()
+            else ROOT / f"{own.replace('.', '/')}.py", skip)
+        deps = stages[study.name]["deps"]
+        missing = sorted(str(f.relative_to(ROOT)) for f in files if not _docstring_only(f)
+                         and not any(str(f.relative_to(ROOT)) == d or str(f.relative_to(ROOT)).startswith(f"{d}/")
+                                    for d in deps))
+        gaps[study.name] = missing
+    assert not any(gaps.values()), f"dvc.yaml deps lack {gaps}"
 
 
 def test_make_run_lists_the_registry_defaults():

@@ -24,11 +24,10 @@ from pydantic import BaseModel
 
 from tasks.errors import InputUnavailableError, report
 from tasks.infra import storage
-from tasks.response import DEGENERATE_BELOW, degenerate
+from tasks.response import DEGENERATE_BELOW, Z, degenerate, identified
 from tasks.studies import load_params, spec
 
 Direction = Literal["positive", "negative"]
-Z = 2.0  # an effect counts when it lies strictly beyond Z standard errors
 PENDING = "pending"
 MISSING = "—"
 OUTPUTS = (Path("metrics/claims.json"), Path("metrics/claims.md"))
@@ -226,7 +225,7 @@ def evaluate(claim: Claim, summary: dict | None, section: BaseModel | None) -> d
     responses = {m: statistics(summary, m, point, "response") for m in claim.responses}
     shown = "; ".join(f"{m} {plus_minus(*r) if r[0] is not None else 'not measured'}" for m, r in responses.items())
     references = [statistics(summary, m, point, "response_slope_mle") for m in claim.judged]
-    identified = all(mean is None or se is None or mean > Z * se for mean, se in references)
+    known = all(mean is None or identified(mean, math.nan if se is None else se) for mean, se in references)
     if references and references[0][0] is not None:
         shown += f" (MLE's slope {plus_minus(*references[0])})"
     return {
@@ -239,7 +238,7 @@ def evaluate(claim: Claim, summary: dict | None, section: BaseModel | None) -> d
         "setting": setting(claim, section, summary, point),
         "response": shown or claim.response_note,
         "responses": {m: None if r[0] is None else {"mean": r[0], "se": r[1]} for m, r in responses.items()},
-        "verdict": verdict(effect, se, claim.direction, {m: responses[m][0] for m in claim.judged}, identified),
+        "verdict": verdict(effect, se, claim.direction, {m: responses[m][0] for m in claim.judged}, known),
     }
 
 

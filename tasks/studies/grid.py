@@ -88,12 +88,12 @@ class FamilyStudy(StudyBase, Responsive):
         """Real draws of n points, each multiplied by one of PROBE_SCALES; values log(scale)."""
         draws = [self.draw_real(self.n_samples, probe_generator("grid", self.distribution, k)) * c
                  for k, c in enumerate(PROBE_SCALES)]
-        return Probes("log scale", tuple(math.log(c) for c in PROBE_SCALES), tuple(draws))
+        return Probes({"log_scale": tuple(math.log(c) for c in PROBE_SCALES)}, tuple(draws))
 
-    def statistic(self, estimate: dict[str, torch.Tensor]) -> torch.Tensor:
-        """log of the standard deviation of STATISTIC_DRAWS samples of the fitted model (a fixed draw)."""
+    def statistics(self, estimate: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """log_scale: log of the standard deviation of STATISTIC_DRAWS samples of the fitted model (a fixed draw)."""
         samples = self.family.sample(estimate, STATISTIC_DRAWS, 1.0, probe_generator("grid", "statistic"))
-        return samples.std(dim=1).reshape(-1).log()
+        return {"log_scale": samples.std(dim=1).reshape(-1).log()}
 
     def sample(self, model: Fitted, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
         return self.family.sample(model.estimate, n, sampling_bias, generator)

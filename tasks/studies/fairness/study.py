@@ -128,16 +128,16 @@ class FairnessStudy(StudyBase, Responsive):
     def probes(self) -> Probes:
         """Real draws of n_samples rows with the rare groups (s != y) at each of PROBE_SHARES."""
         p = self.params
-        return Probes("rare-group share", PROBE_SHARES, tuple(
+        return Probes({"rare_share": PROBE_SHARES}, tuple(
             torch.stack([ad.to_rows(ad.draw_biased(self.train, p.threshold, 1 - share, p.n_samples,
                                                    probe_generator("fairness", k, i))) for i in range(self.seeds)])
             for k, share in enumerate(PROBE_SHARES)))
 
-    def statistic(self, estimate: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Share of eval_samples generated rows (a fixed draw) in the rare groups s != y."""
+    def statistics(self, estimate: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """rare_share: the share of eval_samples generated rows (a fixed draw) in the rare groups s != y."""
         rows = self.sample(Fitted(estimate), self.params.eval_samples, 1.0, probe_generator("fairness", "statistic"))
         shares = ad.group_shares(rows, self.image_shape)
-        return shares[:, 1] + shares[:, 2]
+        return {"rare_share": shares[:, 1] + shares[:, 2]}
 
     def classifier_data(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(images (N, C, H, W) in [0, 1], y (N,)) of rows (N, P + 1)."""

@@ -89,7 +89,9 @@ def final_kl_against_lambda(curve_table: pd.DataFrame, path: Path, title: str) -
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"KL(p_true || q_est), generation {int(last.generation.max())}")
     axes[1].axhline(DEGENERATE_BELOW, color="red", linewidth=1, label="degenerate below")
-    axes[1].set_ylabel("relative response to the minority mean")
+    axes[1].set_ylabel("relative response (lowest identified statistic)")
+    if ple.get("response_mean", pd.Series(dtype=float)).isna().all():
+        axes[1].text(0.5, 0.5, "no statistic MLE identifies here", ha="center", transform=axes[1].transAxes)
     axes[0].legend(fontsize=7)
     axes[1].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)

@@ -6,8 +6,8 @@ lambda = 0) and `ple` (hypernetwork with the penalty). Metrics per seed: KL(p_tr
 Monte Carlo and its Monte Carlo standard error, the estimated weights, means and standard
 deviations (components ordered by their first mean coordinate), and for the hypernetwork methods
 the final fit and penalty terms and the estimator response (`tasks.response`) to the mean of the
-minority component: probes drawn from the true mixture with that component's means moved by
--0.5, 0 and +0.5. The reweighted training of H draws component shares over EM's hard assignment
+minority component and to the mixture mean: probes drawn from the true mixture with the minority
+component's means moved by -0.5, 0 and +0.5. The reweighted training of H draws component shares over EM's hard assignment
 of the data.
 """
 
@@ -146,16 +146,20 @@ class GMMStudy(StudyBase, Responsive):
 
     def probes(self) -> Probes:
         """Datasets of n points from the true mixture with the minority means moved by PROBE_SHIFTS; the
-        same for every point of the same weight and n (gmm_lambda's forms and lambdas share them)."""
-        centre = self.params.means[self.minority][0]
-        return Probes("minority component mean", tuple(centre + d for d in PROBE_SHIFTS),
-                      tuple(self.truth(d).sample(self.n, 1.0, probe_generator("gmm", self.weight, self.n, k)).float()
-                            for k, d in enumerate(PROBE_SHIFTS)))
+        same for every point of the same weight and n (gmm_lambda's forms and lambdas share them). Values:
+        the minority's first mean coordinate and the mixture mean sum_k pi_k mu_k1 of each."""
+        truths = [self.truth(d) for d in PROBE_SHIFTS]
+        values = [self.statistics(t) for t in truths]
+        return Probes({name: tuple(float(v[name][0]) for v in values) for name in values[0]},
+                      tuple(t.sample(self.n, 1.0, probe_generator("gmm", self.weight, self.n, k)).float()
+                            for k, t in enumerate(truths)))
 
-    def statistic(self, estimate: Mixture) -> torch.Tensor:
-        """The first mean coordinate of the estimated component in the minority's place (by first mean)."""
+    def statistics(self, estimate: Mixture) -> dict[str, torch.Tensor]:
+        """minority_mean: the first mean coordinate of the component in the minority's place (components
+        ordered by first mean); mixture_mean: sum_k pi_k mu_k1."""
         rank = int(torch.tensor(self.params.means)[:, 0].argsort().argsort()[self.minority])
-        return estimate.means[:, rank, 0]
+        mix = estimate.sorted()
+        return {"minority_mean": mix.means[:, rank, 0], "mixture_mean": (mix.weights * mix.means[..., 0]).sum(1)}
 
     def readout(self, weights: dict[str, torch.Tensor]) -> Mixture:
         return bounded(weights["logits"].double(), weights["means"].double(), weights["log_stds"].double()).sorted()

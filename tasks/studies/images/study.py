@@ -120,12 +120,14 @@ class ImageStudy(StudyBase, Responsive):
             except ValueError as exc:
                 raise ParamsError(f"{self.experiment}.n_samples = {p.n_samples}: the response probe with minority "
                                   f"share {share}: {exc}") from None
-        return Probes("minority share", PROBE_SHARES, tuple(datasets))
+        return Probes({"minority_share": PROBE_SHARES}, tuple(datasets))
 
-    def statistic(self, estimate: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Share of eval_samples generated images (a fixed draw) the reference classifier labels as the minority."""
+    def statistics(self, estimate: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """minority_share: the share of eval_samples generated images (a fixed draw) the reference
+        classifier labels as the minority."""
         images = self.sample(Fitted(estimate), self.params.eval_samples, 1.0, probe_generator("images", "statistic"))
-        return torch.stack([(self.predict(part) == self.params.minority).double().mean() for part in images])
+        return {"minority_share": torch.stack([(self.predict(part) == self.params.minority).double().mean()
+                                               for part in images])}
 
     def sample(self, model: Fitted, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
         return to_uint8(sample_weights(self.make_generator().to(self.device), model.estimate, n, sampling_bias,
