@@ -34,6 +34,13 @@ class ConditionalVAE(VAE):
         classes = torch.arange(len(self.thresholds) + 1, device=labels.device, dtype=labels.dtype)
         return (labels[:, None] == classes).to(labels.dtype)
 
+    def summary_features(self, x: torch.Tensor) -> torch.Tensor:
+        """[one_hot(c) (x) pixels, one_hot(c)] per row: (n, K P + K). Mean pooling over rows then gives
+        every label's share and its pixel sums, so what moves with p(x | c) (e.g. the share of an
+        attribute within each label) is a first moment a hypernetwork reads, not only p(x)."""
+        c = self.one_hot(x[:, -1])
+        return torch.cat([(c[:, :, None] * x[:, None, :-1]).flatten(1), c], dim=1)
+
     def row_nll(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """-ELBO of every row's pixels x[:, :-1] given its label x[:, -1]: (n,)."""
         return self.elbo_terms(x[:, :-1], self.one_hot(x[:, -1]), noise)

@@ -3,7 +3,7 @@
 References: Mayer et al., "Improving Fairness and Mitigating MADness in Generative Models"
 (arXiv 2405.13977), section on hypernetworks; the torchhyper library by the same authors.
 
-    X (n, d) --encoder MLP per sample--> (n, h) --mean over n--> (h,) --post MLP--> z (h,)
+    X (n, d) --features f, encoder MLP per sample--> (n, h) --mean over n--> (h,) --post MLP--> z (h,)
     z --one head per tensor t--> theta_t = theta0_t + s_t f_t(z) --torch.func.functional_call--> target
 
 Mean pooling makes H(X) invariant to the order of the points and defined for any n. The target's
@@ -130,8 +130,10 @@ class HyperNetwork(nn.Module):
         return FullHead(h, shape)
 
     def code(self, x: torch.Tensor) -> torch.Tensor:
-        """z = post(mean_i encoder(x_i)): (n, d) -> (h,)."""
-        return self.post(self.encoder(x.reshape(x.shape[0], -1)).mean(dim=0))
+        """z = post(mean_i encoder(f(x_i))): (n, *event) -> (h,); f is the target's `summary_features`
+        when it has one (a conditional generator's per-label features), else the flat point."""
+        read = getattr(self.target, "summary_features", None)
+        return self.post(self.encoder(read(x) if read else x.reshape(x.shape[0], -1)).mean(dim=0))
 
     def deltas(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The data-dependent parts s_t f_t(z) of every tensor, in the target's order."""

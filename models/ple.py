@@ -23,7 +23,6 @@ since Adam acts elementwise, this is exactly S independent trainings.
 from __future__ import annotations
 
 import copy
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -53,6 +52,10 @@ class Generative(nn.Module, ABC):
     @abstractmethod
     def rsample(self, noise: torch.Tensor, sampling_bias: float = 1.0) -> torch.Tensor:
         """Samples (n, *event) as a differentiable function of the parameters and `noise`."""
+
+    def summary_features(self, x: torch.Tensor) -> torch.Tensor:
+        """What a hypernetwork's encoder reads of every point: x (n, *event) -> (n, F); the flat event."""
+        return x.reshape(x.shape[0], -1)
 
     def forward(self, *args, op: str = "nll"):
         """Dispatch so that `functional_call(module, weights, args, {"op": ...})` reaches any method."""
@@ -267,7 +270,8 @@ def fit_ensemble(make_target: Callable[[], Generative], x: torch.Tensor, hyper: 
                  groups: torch.Tensor | None = None) -> Fitted:
     """Train one hypernetwork per seed on x (S, n, *event) (`groups` (S, n) for reweighted training);
     initialisation and batches from `generator`. The estimate is H(X) on all of X: {name: (S, *shape)}."""
-    features = math.prod(x.shape[2:])
+    with torch.random.fork_rng():  # a target only to size H's input: no draw of the fit's randomness
+        features = make_target().summary_features(x[0, :1].float()).shape[-1]
     ensemble = _seeded(generator, lambda: HyperEnsemble(
         lambda: HyperNetwork(make_target(), features, hyper), x.shape[0], config, device))
     curve = ensemble.train(x.float(), config, generator, groups)

@@ -10,6 +10,7 @@ from torch.func import functional_call, vmap
 
 from models.classifier import Classifier, fit_classifier
 from models.conditional import ConditionalVAE, RowWeighted
+from models.hypernet import HyperConfig, HyperNetwork
 from models.ple import sample_weights
 from models.vae import VAEConfig
 from tasks.studies.fairness.downstream import selection_mask
@@ -105,3 +106,18 @@ def test_downstream_params_bounds():
             continue
         raise AssertionError(f"top_k={k} accepted")
     assert DownstreamParams(top_k=100.0, **base).top_k == 100.0
+
+
+def test_a_hypernetwork_reads_what_each_label_holds_not_only_the_pooled_rows():
+    """Two datasets with the same pooled pixel and label means but opposite pixels per label: the
+    flat rows cannot tell them apart after mean pooling, the per-label summary features can, and so
+    does a hypernetwork's code."""
+    model = ConditionalVAE((2, 2), CONFIG, (0.5, 0.5))
+    labels = torch.tensor([0.0, 1.0]).repeat(4)[:, None]
+    bright_zeros = torch.cat([(1 - labels).expand(-1, 4), labels], dim=1)
+    bright_ones = torch.cat([labels.expand(-1, 4), labels], dim=1)
+    assert torch.equal(bright_zeros.mean(0)[:-1], bright_ones.mean(0)[:-1])
+    a, b = (model.summary_features(x).mean(0) for x in (bright_zeros, bright_ones))
+    assert a.shape == (2 * 4 + 2,) and (a - b).abs().max() == 0.5  # half the rows per label
+    hyper = HyperNetwork(model, in_features=10, config=HyperConfig(hidden=8))
+    assert (hyper.code(bright_zeros) - hyper.code(bright_ones)).abs().max() > 1e-3
