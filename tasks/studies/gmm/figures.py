@@ -88,6 +88,7 @@ def final_kl_against_lambda(curve_table: pd.DataFrame, path: Path, title: str) -
         ax.set_xlabel("lambda")
         ax.grid(alpha=0.3)
     axes[0].set_yscale("symlog", linthresh=0.01)  # a diverging form's KL spans orders of magnitude
+    axes[0].set_ylim(bottom=0.0)
     axes[0].set_ylabel(f"KL(p_true || q_est), generation {int(last.generation.max())}")
     axes[1].axhline(DEGENERATE_BELOW, color="red", linewidth=1, label="degenerate below")
     axes[1].set_ylabel("relative response (lowest identified statistic)")
