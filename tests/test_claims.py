@@ -222,3 +222,15 @@ def test_a_response_relative_to_an_unidentified_mle_slope_is_invalid():
     identified = {**entry, "response_slope_mle_se": 0.1}
     summary = {**summary, "ple": {point: identified}, "hyper_mle": {point: identified}}
     assert evaluate(claim, summary, None)["verdict"] == "supported"
+
+
+def test_a_response_absent_because_mle_identifies_nothing_is_shown_as_not_identified():
+    """The summaries of an unidentified point carry MLE's slope but no response (tasks/response.py)."""
+    claim = next(c for c in CLAIMS if c.key == "gmm_kl")
+    point = "weight=0.95,n_samples=50"
+    entry = {"kl_mean": 0.1, "kl_se": 0.01, "response_slope_mle_mean": 0.31, "response_slope_mle_se": 0.31}
+    summary = {"generation": 4, "mle": {point: {"kl_mean": 0.5, "kl_se": 0.01}}, "ple": {point: entry},
+               "hyper_mle": {point: entry}}
+    row = evaluate(claim, summary, None)
+    assert row["response"].startswith("ple not identified; hyper_mle not identified")
+    assert row["verdict"] == "invalid (response not identified)"

@@ -223,9 +223,10 @@ def evaluate(claim: Claim, summary: dict | None, section: BaseModel | None) -> d
     terms = [t.of(summary, point) for t in (claim.a, claim.b) if t]
     effect, se = difference(*terms) if len(terms) == 2 else (None, None)
     responses = {m: statistics(summary, m, point, "response") for m in claim.responses}
-    shown = "; ".join(f"{m} {plus_minus(*r) if r[0] is not None else 'not measured'}" for m, r in responses.items())
     references = [statistics(summary, m, point, "response_slope_mle") for m in claim.judged]
     known = all(mean is None or identified(mean, math.nan if se is None else se) for mean, se in references)
+    missing = "not measured" if known else "not identified"
+    shown = "; ".join(f"{m} {plus_minus(*r) if r[0] is not None else missing}" for m, r in responses.items())
     if references and references[0][0] is not None:
         shown += f" (MLE's slope {plus_minus(*references[0])})"
     return {
