@@ -111,7 +111,7 @@ def test_training_over_reweighted_draws_makes_h_follow_the_minority_mean():
     Measured: the mixture mean 0.8-0.9 (EM's slope 1.08 ± 0.15), the minority mean about 0.25 (SE
     0.03; EM's own slope 1.04 ± 0.23) against 0.03 with halves. 0.5 is not reached for the minority
     mean, with any training family tried, even datasets drawn from the shifted truths themselves
-    (0.57): at this overlap EM splits a shift between the minority's mean, the weights and the
+    (0.50-0.57): at this overlap EM splits a shift between the minority's mean, the weights and the
     majority's mean differently on every draw, and H learns a smoother split. docs/methods.md.
     """
     x = None
