@@ -77,24 +77,23 @@ def _cifar_image(k: int) -> np.ndarray:
 
 
 def _write_cifar_batch(path: Path, keys: list[int], labels: list[int]) -> None:
-    """The real layout: each row is the 1024 red values, then green, then blue, each plane row by row."""
-    rows = [np.concatenate([_cifar_image(k)[c].ravel() for c in range(3)]) for k in keys]
-    batch = {b"batch_label": path.name.encode(), b"labels": labels, b"data": np.stack(rows),
-             b"filenames": [f"img_{k}.png".encode() for k in keys]}
-    path.write_bytes(pickle.dumps(batch, protocol=2))
+    """The binary version's layout: per image a label byte, then the 1024 red values, then green, then
+    blue, each plane row by row."""
+    rows = [np.concatenate([[label], *(_cifar_image(k)[c].ravel() for c in range(3))]) for k, label in zip(keys, labels)]
+    path.write_bytes(np.stack(rows).astype(np.uint8).tobytes())
 
 
 @pytest.fixture
 def cifar_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    folder = tmp_path / "cifar10" / "cifar-10-batches-bin"
     folder.mkdir(parents=True)
     for b in range(1, 6):
-        _write_cifar_batch(folder / f"data_batch_{b}", [10 * b, 10 * b + 1], [b, (b + 5) % 10])
-    _write_cifar_batch(folder / "test_batch", [90, 91, 92], [3, 1, 4])
+        _write_cifar_batch(folder / f"data_batch_{b}.bin", [10 * b, 10 * b + 1], [b, (b + 5) % 10])
+    _write_cifar_batch(folder / "test_batch.bin", [90, 91, 92], [3, 1, 4])
     return tmp_path
 
 
-def test_cifar10_reads_pickled_batches_channels_first(cifar_dir: Path):
+def test_cifar10_reads_binary_batches_channels_first(cifar_dir: Path):
     train, test = load_images("cifar10", cifar_dir), load_images("cifar10", cifar_dir, train=False)
     assert train.images.shape == (10, 3, 32, 32) and train.images.dtype == torch.uint8
     assert train.labels.dtype == torch.int64 and train.name == "cifar10"
@@ -107,7 +106,36 @@ def test_cifar10_reads_pickled_batches_channels_first(cifar_dir: Path):
     assert (red, green, blue) == (10 + 32 + 2, 60 + 10 + 2 + 2, 130 + 10 + 1 + 10)
 
 
-@pytest.mark.parametrize("name, missing", [("mnist", "train-images-idx3-ubyte"), ("cifar10", "data_batch_1")])
+class _Planted:
+    """A pickle that, once loaded, writes a file: what a planted CIFAR-10 batch could do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def test_cifar10_never_unpickles_a_planted_python_batch(tmp_path: Path, monkeypatch):
+    """Only the binary version is read: a python-version folder (pickles) is refused in one line, unread."""
+    monkeypatch.setenv("AUTOPHAGY_OFFLINE", "1")
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    marker = tmp_path / "ran.txt"
+    for name in [f"data_batch_{b}" for b in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps(_Planted(marker)))
+    with pytest.raises(InputUnavailableError, match="cifar-10-binary.tar.gz"):
+        load_images("cifar10", tmp_path)
+    assert not marker.exists()
+
+
+def test_cifar10_batch_of_the_wrong_size_is_refused(cifar_dir: Path):
+    (cifar_dir / "cifar10/cifar-10-batches-bin/test_batch.bin").write_bytes(b"\0" * 3074)
+    with pytest.raises(ValueError, match="test_batch.bin is not a CIFAR-10 binary batch: 3074 bytes"):
+        load_images("cifar10", cifar_dir, train=False)
+
+
+@pytest.mark.parametrize("name, missing", [("mnist", "train-images-idx3-ubyte"), ("cifar10", "data_batch_1.bin")])
 def test_missing_files_fail_fast_with_one_line(tmp_path: Path, monkeypatch, name: str, missing: str):
     monkeypatch.setenv("AUTOPHAGY_OFFLINE", "1")
     start = time.monotonic()

@@ -3,8 +3,10 @@
     digits    sklearn's 1797 8x8 digits (shipped with scikit-learn), pixels 0..16 scaled to
               round(v * 255 / 16); no official split, so `train` is ignored: split with `split`
     mnist     the four official IDX files in <raw_dir>/mnist, each plain or .gz
-    cifar10   the official pickled batches in <raw_dir>/cifar10/cifar-10-batches-py:
-              data_batch_1..5 (train), test_batch
+    cifar10   the official binary version in <raw_dir>/cifar10/cifar-10-batches-bin:
+              data_batch_1..5.bin (train), test_batch.bin, fixed-length records (a label byte,
+              then 1024 red, 1024 green and 1024 blue bytes, each plane row by row); never the
+              pickled python version, whose loading would run any code a planted file holds
 
 Images are uint8, (N, H, W) for grey and (N, C, H, W) for colour. Missing MNIST/CIFAR files are
 downloaded once with torchvision when online (AUTOPHAGY_OFFLINE=1 skips the attempt); otherwise
@@ -16,7 +18,6 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import pickle
 import socket
 import struct
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from tasks.errors import InputUnavailableError
 DOWNLOAD_TIMEOUT = 10.0  # seconds per socket operation, so an offline attempt fails fast
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # torchvision's first mirror
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+CIFAR10_ARCHIVE = ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530")
+CIFAR10_RECORD = 1 + 3 * 32 * 32  # bytes per image of the binary version
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,8 @@ def load_images(name: str, raw_dir: Path, train: bool = True) -> ImageSet:
         return _checked(ImageSet(images, labels.long(), name))
     if name == "cifar10":
         batches = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
-        files = [[f"cifar-10-batches-py/{batch}"] for batch in batches]
-        fix = f"extract cifar-10-python.tar.gz from {CIFAR10_URL} there"
+        files = [[f"cifar-10-batches-bin/{batch}.bin"] for batch in batches]
+        fix = f"extract cifar-10-binary.tar.gz (the binary version) from {CIFAR10_URL} there"
         images, labels = zip(*map(_read_cifar_batch, _require(name, raw_dir / "cifar10", files, fix)))
         return _checked(ImageSet(torch.cat(images), torch.cat(labels), name))
     raise ValueError(f"unknown image dataset {name!r}; choose digits, mnist or cifar10")
@@ -164,7 +167,7 @@ def _download(name: str, folder: Path) -> str:
     """Try torchvision's download of the official files into `folder`; return what happened."""
     if os.environ.get("AUTOPHAGY_OFFLINE") == "1":
         return "download skipped: AUTOPHAGY_OFFLINE=1"
-    from torchvision.datasets import CIFAR10, MNIST
+    from torchvision.datasets import MNIST
     from torchvision.datasets.utils import download_and_extract_archive
 
     previous = socket.getdefaulttimeout()
@@ -174,7 +177,8 @@ def _download(name: str, folder: Path) -> str:
             for file, md5 in MNIST.resources:
                 download_and_extract_archive(MNIST_URL + file, folder, filename=file, md5=md5)
         else:
-            download_and_extract_archive(CIFAR10.url, folder, filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
+            url, md5 = CIFAR10_ARCHIVE
+            download_and_extract_archive(url, folder, filename=url.rsplit("/", 1)[1], md5=md5)
     except Exception as error:  # offline, blocked, corrupt: all mean "put the files there yourself"
         detail = (str(error).splitlines() or [""])[0]
         return f"download failed: {type(error).__name__}: {detail}"
@@ -198,10 +202,14 @@ def _read_idx(path: Path, magic: int) -> torch.Tensor:
 
 
 def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (N, 3, 32, 32) uint8, labels (N,) int64) of one pickled CIFAR-10 batch."""
-    batch = pickle.loads(path.read_bytes(), encoding="bytes")
-    images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return torch.from_numpy(images.copy()), torch.tensor(batch[b"labels"], dtype=torch.int64)
+    """(images (N, 3, 32, 32) uint8, labels (N,) int64) of one CIFAR-10 batch of the binary version."""
+    data = path.read_bytes()
+    if not data or len(data) % CIFAR10_RECORD:
+        raise ValueError(f"{path} is not a CIFAR-10 binary batch: {len(data)} bytes, not a positive multiple "
+                         f"of {CIFAR10_RECORD}")
+    records = np.frombuffer(data, dtype=np.uint8).reshape(-1, CIFAR10_RECORD)
+    images = torch.from_numpy(records[:, 1:].reshape(-1, 3, 32, 32).copy())
+    return images, torch.from_numpy(records[:, 0].astype(np.int64))
 
 
 def with_channels(images: torch.Tensor) -> torch.Tensor:
