@@ -65,7 +65,8 @@ def task_runner(runner: Runner, workers: int, address: str | None) -> TaskRunner
 
 def no_server_for(address: str) -> ParamsError:
     return ParamsError(f"--address {address}: Dask workers on other hosts cannot reach a temporary Prefect server; "
-                      "start one (prefect server start --host 0.0.0.0) and set PREFECT_API_URL")
+                      "start one on an address they reach (prefect server start --host <a private address>; its API "
+                      "has no authentication, so only on a trusted network) and set PREFECT_API_URL")
 
 
 def api_url(address: str | None) -> str:

@@ -126,6 +126,7 @@ def test_existing_dask_cluster_without_prefect_server_is_one_line(tmp_path, caps
         assert main([str(sweep), "--root", str(tmp_path), "--runner", "dask", "--address", "tcp://10.0.0.9:8786"]) == 2
     err = capsys.readouterr().err
     assert "--address tcp://10.0.0.9:8786: Dask workers on other hosts cannot reach" in err and err.count("\n") == 1
+    assert "0.0.0.0" not in err and "no authentication" in err
     assert not (tmp_path / "sweeps/tiny").exists()
 
 
