@@ -34,4 +34,4 @@ def classifier_flow(study: str = "digits", params_file: str = "params.yaml", roo
 
 
 if __name__ == "__main__":
-    sys.exit(main(classifier_flow, [s.name for s in STUDIES if s.reference_classifier], preflight=check_inputs))
+    sys.exit(main(classifier_flow, [s.name for s in STUDIES if s.owns_classifier], preflight=check_inputs))

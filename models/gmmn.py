@@ -10,8 +10,7 @@ y = G(z), with a sum of Gaussian kernels on the flattened pixels (D of them):
 
 Being one objective of the generator's weights alone, it trains by `mle`, `hyper_mle` and `ple`
 through the same engine as every other generator. Samples with sampling bias lambda are
-G(sqrt(lambda) z). The generator is DCGAN's: a linear layer to a (2 c, H/4, W/4) map, then two
-stride-2 transposed convolutions, batch norm (batch statistics only) and ReLU, a sigmoid last.
+G(sqrt(lambda) z). The generator is DCGAN's (`models.networks.DCGANGenerator`).
 
 Presets: `small` for 8x8 digits on a CPU; `large` for CIFAR-10 on a GPU.
 """
@@ -22,8 +21,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from models.networks import DCGANGenerator, channels_first
 from models.ple import Generative
 
 
@@ -57,23 +56,11 @@ class GMMN(Generative):
     def __init__(self, event_shape: tuple[int, ...], config: GMMNConfig = GMMNConfig()):
         super().__init__()
         self.event_shape, self.config = tuple(event_shape), config
-        channels, height, width = (1, *event_shape) if len(event_shape) == 2 else event_shape
-        if height % 4 or width % 4:
-            raise ValueError(f"the GMMN generator needs image sides divisible by 4, got {height}x{width}")
-        c = config.channels
-        self.start = (2 * c, height // 4, width // 4)
-        self.project = nn.Linear(config.latent, math.prod(self.start))
-        self.body = nn.Sequential(
-            nn.BatchNorm2d(2 * c, track_running_stats=False), nn.ReLU(),
-            nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1),  # (c, H/2, W/2)
-            nn.BatchNorm2d(c, track_running_stats=False), nn.ReLU(),
-            nn.ConvTranspose2d(c, channels, 4, stride=2, padding=1),  # (C, H, W)
-            nn.Sigmoid(),
-        )
+        self.net = DCGANGenerator(channels_first(event_shape), config.latent, config.channels)
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """Images (n, *event_shape) in [0, 1] from latents z (n, latent)."""
-        return self.body(self.project(z).reshape(-1, *self.start)).reshape(-1, *self.event_shape)
+        return self.net(z).reshape(-1, *self.event_shape)
 
     def nll(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """MMD^2 between x (n, *event) and n samples G(noise); noise is required."""

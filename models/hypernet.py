@@ -108,7 +108,8 @@ class HyperNetwork(nn.Module):
             raise ValueError(f"unknown hypernetwork head {config.head!r}; use one of {', '.join(HEADS)}")
         if config.rank < 1:
             raise ValueError(f"hypernetwork rank must be >= 1, got {config.rank}")
-        named = [(name, p) for name, p in target.named_parameters()]
+        emitted = emitted_names(target)
+        named = [(name, p) for name, p in target.named_parameters() if name in emitted]
         if not named:
             raise ValueError(f"{type(target).__name__} has no parameters for a hypernetwork to emit")
         bad = [name for name, p in named if not p.is_floating_point() or p.is_complex()]
@@ -147,6 +148,13 @@ class HyperNetwork(nn.Module):
     def run_target(self, weights: dict[str, torch.Tensor], *args, **kwargs):
         """Call the target with `weights` in place of its parameters; its buffers stay its own."""
         return functional_call(self.target, weights, args, kwargs)
+
+
+def emitted_names(target: nn.Module) -> set[str]:
+    """The target's parameters H emits: all but those of its adversary (the submodule `target.adversary`
+    names, e.g. a GAN's discriminator), which trains alongside and is not estimated from data."""
+    prefix = getattr(target, "adversary", None)
+    return {name for name, _ in target.named_parameters() if not (prefix and name.startswith(prefix + "."))}
 
 
 def parameter_count(module: nn.Module) -> int:

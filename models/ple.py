@@ -15,7 +15,13 @@ of the penalty from that of the hypernetwork.
 A generator used here subclasses `Generative`: `nll(x, noise)` is its fit loss, `rsample(noise)`
 turns noise drawn outside (by `noise(n, generator)`) into samples differentiably, so the same code
 runs under `torch.func.vmap` over seeds with explicit, reproducible randomness. The same noise
-reaches the fit loss, for losses that sample (a VAE's ELBO); others ignore it. The hypernetworks of
+reaches the fit loss, for losses that sample (a VAE's ELBO); others ignore it.
+
+A two-player generator (a GAN) names the submodule of its second player in `adversary` (the
+discriminator D). D's parameters are neither emitted by H nor penalised: each step first updates D
+on `adversary_loss(x, noise)` with the generator's weights fixed, then the generator (directly, or
+through H) on fit + lambda * penalty with D fixed, where the fit term `nll` is the generator's
+adversarial loss under the current D. Every seed has its own D; the engine holds no GAN-specific code. The hypernetworks of
 all seeds are stacked with `torch.func.stack_module_state` and trained in one vectorised loop;
 since Adam acts elementwise, this is exactly S independent trainings.
 """
@@ -26,6 +32,7 @@ import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -35,7 +42,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
-from models.hypernet import HyperConfig, HyperNetwork
+from models.hypernet import HyperConfig, HyperNetwork, emitted_names
 
 
 class Generative(nn.Module, ABC):
@@ -52,6 +59,13 @@ class Generative(nn.Module, ABC):
     @abstractmethod
     def rsample(self, noise: torch.Tensor, sampling_bias: float = 1.0) -> torch.Tensor:
         """Samples (n, *event) as a differentiable function of the parameters and `noise`."""
+
+    adversary: str | None = None  # the submodule of a second player (a GAN's discriminator), if any
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's betas for this generator's training
+
+    def adversary_loss(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The second player's loss on data x and samples from `noise` (a scalar); only with `adversary`."""
+        raise NotImplementedError(f"{type(self).__name__} has no adversary")
 
     def summary_features(self, x: torch.Tensor) -> torch.Tensor:
         """What a hypernetwork's encoder reads of every point: x (n, *event) -> (n, F); the flat event."""
@@ -88,10 +102,12 @@ class PLEConfig:
 
 @dataclass
 class TrainingCurve:
-    """Per step, mean over seeds: the fit term and the penalty term; and both per seed at the end."""
+    """Per step, mean over seeds: the fit term, the penalty term and the adversary's loss; the first two
+    per seed at the end."""
 
     fit: list[float] = field(default_factory=list)
     penalty: list[float] = field(default_factory=list)
+    adversary: list[float] = field(default_factory=list)  # the adversary's loss (two-player generators)
     final_fit: torch.Tensor | None = None  # (S,)
     final_penalty: torch.Tensor | None = None  # (S,)
 
@@ -107,16 +123,18 @@ def distance(hyper: HyperNetwork, theta: dict[str, torch.Tensor], other: dict[st
 
 
 def ple_terms(hyper: HyperNetwork, x: torch.Tensor, noise: torch.Tensor, penalty: str = "sum",
-              form: str = "paper") -> tuple[torch.Tensor, torch.Tensor]:
-    """(fit_loss(X; H(X)), the penalty of `form`) with Y = rsample(H(X), noise):
+              form: str = "paper", adversary: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit_loss(X; H(X)), the penalty of `form`) with Y = rsample(H(X), noise); `adversary`: the
+    weights of a two-player generator's adversary, which every fit loss reads (and H does not emit):
 
     paper          d(H(Y), H(X))
     self_fit       d(H(Y), H(X)) + fit_loss(Y; H(Y))
     stop_gradient  d(H'(Y), H(X)), H' = H with its parameters detached (gradients reach phi through
                    Y and H(X) only)
     """
+    other = adversary or {}
     theta = hyper(x)
-    fit = hyper.run_target(theta, x, noise, op="nll")
+    fit = hyper.run_target(theta | other, x, noise, op="nll")
     y = hyper.run_target(theta, noise, op="rsample")
     if form == "stop_gradient":
         frozen = {name: p.detach() for name, p in hyper.named_parameters()}
@@ -125,31 +143,44 @@ def ple_terms(hyper: HyperNetwork, x: torch.Tensor, noise: torch.Tensor, penalty
         theta_y = hyper(y)
     term = distance(hyper, theta, theta_y, penalty)
     if form == "self_fit":
-        term = term + hyper.run_target(theta_y, y, noise, op="nll")
+        term = term + hyper.run_target(theta_y | other, y, noise, op="nll")
     return fit, term
 
 
 class PLEObjective(nn.Module):
-    """Wraps a hypernetwork so one `functional_call` reaches both H(x) and the PLE terms."""
+    """Wraps a hypernetwork so one `functional_call` reaches H(x), the PLE terms and the adversary's loss."""
 
     def __init__(self, hyper: HyperNetwork, penalty: str = "sum", form: str = "paper"):
         super().__init__()
         self.hyper, self.penalty, self.form = hyper, penalty, form
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None):
-        """H(x) when noise is None, else (fit, penalty) of `ple_terms`."""
-        return self.hyper(x) if noise is None else ple_terms(self.hyper, x, noise, self.penalty, self.form)
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None,
+                adversary: dict[str, torch.Tensor] | None = None, op: str = "terms"):
+        """H(x) when noise is None; else (fit, penalty) of `ple_terms` (op "terms") or the adversary's
+        loss against the generator H(x) (op "adversary_loss")."""
+        if noise is None:
+            return self.hyper(x)
+        if op == "adversary_loss":
+            return self.hyper.run_target(self.hyper(x) | adversary, x, noise, op=op)
+        return ple_terms(self.hyper, x, noise, self.penalty, self.form, adversary)
+
+
+def group_counts(groups: torch.Tensor) -> torch.Tensor:
+    """The size of every group per seed: groups (S, n) of labels 0..K-1 -> (S, K) float64."""
+    return F.one_hot(groups, int(groups.max()) + 1).sum(1).double()
 
 
 def draw_indices(config: PLEConfig, seeds: int, n: int, groups: torch.Tensor | None,
-                 generator: torch.Generator, rng: np.random.Generator) -> torch.Tensor | None:
+                 generator: torch.Generator, rng: np.random.Generator,
+                 counts: torch.Tensor | None = None) -> torch.Tensor | None:
     """Each seed's dataset for one step, as indices (S, m) into its n points (None: all of them).
 
     halves      m = batch_fraction n distinct points (all n when the fraction is 1);
     bootstrap   m points drawn with replacement;
     reweighted  m points drawn with replacement with P(i) = w_g(i) / n_g(i), where g(i) is the group
                 of point i (`groups` (S, n)), n_g its size and w ~ Dirichlet(concentration) over the
-                groups: every step a dataset with new group proportions.
+                groups: every step a dataset with new group proportions (`counts`: `group_counts(groups)`,
+                computed here when not given).
     """
     size = max(2, round(config.batch_fraction * n))
     if config.training == "halves":
@@ -158,51 +189,80 @@ def draw_indices(config: PLEConfig, seeds: int, n: int, groups: torch.Tensor | N
         return torch.stack([torch.randperm(n, generator=generator)[:size] for _ in range(seeds)])
     if config.training == "bootstrap":
         return torch.randint(n, (seeds, size), generator=generator)
-    k = int(groups.max()) + 1
-    counts = F.one_hot(groups, k).sum(1).double()  # (S, K)
-    shares = torch.from_numpy(rng.dirichlet(np.full(k, config.concentration), size=seeds))  # (S, K)
+    counts = group_counts(groups) if counts is None else counts  # (S, K)
+    shares = torch.from_numpy(rng.dirichlet(np.full(counts.shape[1], config.concentration), size=seeds))
     probability = (shares / counts.clamp_min(1)).gather(1, groups)  # (S, n)
     return torch.multinomial(probability, size, replacement=True, generator=generator)
 
 
 class Stacked(ABC):
-    """S independent copies of a module (one per seed), stacked for vectorised training and use.
+    """S independent copies of a module (one per seed), stacked for vectorised training and use, and
+    the S adversaries of a two-player generator (`adversary`: {name: (S, *shape)}, empty otherwise).
 
-    Subclasses say what one member's loss is: `terms(batch, noise)` -> (fit, penalty) per seed.
+    Subclasses say what one member computes: `_loss(...)` -> (fit, penalty), or its adversary's loss.
     """
 
-    def __init__(self, members: list[nn.Module], device: torch.device):
+    def __init__(self, members: list[nn.Module], device: torch.device, adversary: dict[str, torch.Tensor]):
         self.base = copy.deepcopy(members[0]).to("meta")  # structure only; weights live in self.params
         self.params, self.buffers = stack_module_state([m.to(device) for m in members])
+        self.adversary = adversary
         self.device = device
 
     def _call(self, params, buffers, *args, **kwargs):
         return functional_call(self.base, (params, buffers), args, kwargs)
 
     @abstractmethod
+    def _loss(self, params, adversary, buffers, batch, noise, op: str):
+        """One member's (fit, penalty) (op "terms") or its adversary's loss (op "adversary_loss")."""
+
     def terms(self, batch: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(fit, penalty), each (S,), for the batch (S, m, *event) and noise (S, m, ...)."""
+        """(fit, penalty), each (S,), for the batch (S, m, *event) and noise (S, m, ...); adversaries fixed."""
+        adversary = {name: p.detach() for name, p in self.adversary.items()}
+        return vmap(partial(self._loss, op="terms"), randomness="error")(
+            self.params, adversary, self.buffers, batch, noise)
+
+    def adversary_terms(self, batch: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The adversaries' losses (S,) against the current generators, which stay fixed."""
+        own = {name: p.detach() for name, p in self.params.items()}
+        return vmap(partial(self._loss, op="adversary_loss"), randomness="error")(
+            own, self.adversary, self.buffers, batch, noise)
+
+    def adversary_weights(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach() for name, p in self.adversary.items()}
 
     def train(self, x: torch.Tensor, config: PLEConfig, generator: torch.Generator,
               groups: torch.Tensor | None = None) -> TrainingCurve:
         """Minimise fit + lambda * penalty for every seed's data x (S, n, *event); return the curve.
 
-        Each step's data per seed come from `draw_indices` (`groups` (S, n) for reweighted); on CUDA
-        the terms run under bfloat16 autocast. Batches and noise come from `generator` (on the CPU)."""
+        Each step's data per seed come from `draw_indices` (`groups` (S, n) for reweighted); with
+        adversaries, each step first takes one step of theirs on the same batch and noise. On CUDA the
+        losses run under bfloat16 autocast. Batches and noise come from `generator` (on the CPU)."""
         if config.training == "reweighted" and groups is None:
             raise ValueError("training 'reweighted' needs the group of every point; use halves or bootstrap")
-        optimizer = torch.optim.Adam(self.params.values(), lr=config.lr)
+        optimizer = torch.optim.Adam(self.params.values(), lr=config.lr, betas=self.target.betas)
+        rival = torch.optim.Adam(self.adversary.values(), lr=config.lr, betas=self.target.betas) \
+            if self.adversary else None
+        counts = group_counts(groups) if config.training == "reweighted" else None
         curve = TrainingCurve()
         seeds, n = x.shape[:2]
         rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
         x = x.to(self.device)
+        autocast = partial(torch.autocast, "cuda", torch.bfloat16, enabled=self.device.type == "cuda")
         for _ in tqdm(range(config.steps), desc=f"{type(self).__name__} steps", leave=False, disable=None,
                       mininterval=2.0):  # a progress bar on a terminal only
-            index = draw_indices(config, seeds, n, groups, generator, rng)
+            index = draw_indices(config, seeds, n, groups, generator, rng, counts)
             batch = x if index is None else x[torch.arange(seeds)[:, None], index.to(self.device)]
             noise = torch.stack([self.target.noise(batch.shape[1], generator) for _ in range(seeds)])
-            with torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"):
-                fit, penalty = self.terms(batch, noise.to(self.device))
+            noise = noise.to(self.device)
+            if rival is not None:
+                with autocast():
+                    rival_loss = self.adversary_terms(batch, noise)
+                rival.zero_grad(set_to_none=True)
+                rival_loss.sum().backward()
+                rival.step()
+                curve.adversary.append(rival_loss.mean().item())
+            with autocast():
+                fit, penalty = self.terms(batch, noise)
             loss = (fit + config.lam * penalty).sum()  # a sum of independent per-seed losses
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -213,35 +273,45 @@ class Stacked(ABC):
         return curve
 
 
+def adversary_parameters(target: Generative) -> dict[str, torch.Tensor]:
+    """The parameters of a two-player generator's adversary (those H does not emit): {name: tensor}."""
+    return {name: p for name, p in target.named_parameters() if name not in emitted_names(target)}
+
+
 class TargetEnsemble(Stacked):
     """S generators trained directly on their fit loss (method `mle` of neural generators)."""
 
     def __init__(self, make: Callable[[], Generative], seeds: int, device: torch.device = torch.device("cpu")):
         members = [make() for _ in range(seeds)]
         self.target: Generative = members[0]
-        super().__init__(members, device)
+        super().__init__(members, device, {})
+        rival = adversary_parameters(self.target)
+        self.adversary = {name: self.params.pop(name) for name in rival}
 
-    def terms(self, batch, noise):
-        fit = vmap(lambda p, b, x, e: self._call(p, b, x, e, op="nll"), randomness="error")(
-            self.params, self.buffers, batch, noise)
-        return fit, torch.zeros_like(fit)
+    def _loss(self, params, adversary, buffers, batch, noise, op):
+        loss = self._call(params | adversary, buffers, batch, noise, op="nll" if op == "terms" else op)
+        return (loss, torch.zeros_like(loss)) if op == "terms" else loss
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """The fitted parameters: {name: (S, *shape)}."""
-        return {name: p.detach() for name, p in self.params.items()}
+        """The fitted parameters, the adversary's too: {name: (S, *shape)}."""
+        return {name: p.detach() for name, p in self.params.items()} | self.adversary_weights()
 
 
 class HyperEnsemble(Stacked):
-    """S independent hypernetworks (one per seed) trained on the PLE objective."""
+    """S independent hypernetworks (one per seed) trained on the PLE objective, each with its
+    generator's adversary when it has one."""
 
     def __init__(self, make: Callable[[], HyperNetwork], seeds: int, config: PLEConfig,
                  device: torch.device = torch.device("cpu")):
         members = [PLEObjective(make(), config.penalty, config.form) for _ in range(seeds)]
         self.target: Generative = members[0].hyper.target.to(device)
-        super().__init__(members, device)
+        rivals = [adversary_parameters(m.hyper.target) for m in members]
+        adversary = {name: torch.stack([r[name].detach() for r in rivals]).to(device).requires_grad_()
+                     for name in rivals[0]}
+        super().__init__(members, device, adversary)
 
-    def terms(self, batch, noise):
-        return vmap(self._call, randomness="error")(self.params, self.buffers, batch, noise)
+    def _loss(self, params, adversary, buffers, batch, noise, op):
+        return self._call(params, buffers, batch, noise, adversary, op)
 
     def weights(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """H(X) for every seed: x (S, n, *event) -> {name: (S, *shape)}."""
@@ -269,13 +339,14 @@ def fit_ensemble(make_target: Callable[[], Generative], x: torch.Tensor, hyper: 
                  generator: torch.Generator, device: torch.device = torch.device("cpu"),
                  groups: torch.Tensor | None = None) -> Fitted:
     """Train one hypernetwork per seed on x (S, n, *event) (`groups` (S, n) for reweighted training);
-    initialisation and batches from `generator`. The estimate is H(X) on all of X: {name: (S, *shape)}."""
+    initialisation and batches from `generator`. The estimate is H(X) on all of X: {name: (S, *shape)},
+    with the adversary's weights for a two-player generator."""
     with torch.random.fork_rng():  # a target only to size H's input: no draw of the fit's randomness
         features = make_target().summary_features(x[0, :1].float()).shape[-1]
     ensemble = _seeded(generator, lambda: HyperEnsemble(
         lambda: HyperNetwork(make_target(), features, hyper), x.shape[0], config, device))
     curve = ensemble.train(x.float(), config, generator, groups)
-    return Fitted(ensemble.weights(x.float()), ensemble, curve)
+    return Fitted(ensemble.weights(x.float()) | ensemble.adversary_weights(), ensemble, curve)
 
 
 def fit_direct(make_target: Callable[[], Generative], x: torch.Tensor, config: PLEConfig,

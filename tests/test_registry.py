@@ -22,7 +22,7 @@ REPORT_STAGES = {"claims"}  # read the studies' outputs, run no study
 
 def test_dvc_stages_are_the_registry_its_reference_classifiers_and_the_reports():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    expected = {s.name for s in STUDIES} | {f"classifier_{s.name}" for s in STUDIES if s.reference_classifier}
+    expected = {s.name for s in STUDIES} | {f"classifier_{s.name}" for s in STUDIES if s.owns_classifier}
     assert set(stages) == expected | REPORT_STAGES
     for study in STUDIES:
         stage = stages[study.name]

@@ -30,9 +30,15 @@ STUDIES: tuple[StudySpec, ...] = (
     gmm.GMM_LAMBDA,
     grid.STUDY,
     images.DIGITS,
+    images.DIGITS_GAN,
+    images.DIGITS_DIFFUSION,
     fairness.STUDY,
     images.MNIST,
+    images.MNIST_GAN,
+    images.MNIST_DIFFUSION,
     images.CIFAR10,
+    images.CIFAR10_GAN,
+    images.CIFAR10_DIFFUSION,
 )
 BY_NAME = {spec.name: spec for spec in STUDIES}
 

@@ -41,8 +41,13 @@ class StudySpec:
     methods: tuple[str, ...] = ("mle", "hyper_mle", "ple")  # the methods it can run
     required: bool = True  # False: the section may be left out of params.yaml (the study is then unavailable)
     raw_data: str | None = None  # a folder under data/raw it needs: in `make run` only when that holds files
-    reference_classifier: bool = False  # needs the stage classifier_<name> first
+    classifier: str | None = None  # the study whose reference classifier it reads (stage classifier_<classifier>)
     sweepable: bool = True  # `flows.sweep` can run it at points of a grid
+
+    @property
+    def owns_classifier(self) -> bool:
+        """Its reference classifier is its own: the registry trains it (stage classifier_<name>)."""
+        return self.classifier == self.name
 
     def default(self, root: Path = Path(".")) -> bool:
         """Whether `make run` runs it: always, or when its raw data is in place."""
@@ -72,7 +77,9 @@ class StudyBase:
         return self.params.generations
 
     def training_curves(self, model: Any) -> dict[str, list[float]]:
-        """The fit and penalty per optimiser step of a model trained by gradient descent; {} otherwise."""
+        """The fit and penalty (and a two-player generator's adversary loss) per optimiser step of a model
+        trained by gradient descent; {} otherwise."""
         if isinstance(model, Fitted) and model.curve.fit:
-            return {"fit": model.curve.fit, "penalty": model.curve.penalty}
+            curves = {"fit": model.curve.fit, "penalty": model.curve.penalty, "adversary": model.curve.adversary}
+            return {name: values for name, values in curves.items() if values}
         return {}

@@ -1,4 +1,5 @@
-"""An image study (the PLE paper's MNIST VAE) as a `tasks.loop.Study`; generator: VAE or GMMN.
+"""An image study (the PLE paper's MNIST VAE) as a `tasks.loop.Study`; generator: VAE, GMMN, GAN or
+diffusion model.
 
 Real data: the training split of `dataset`, restricted to `classes` in `proportions` (the
 paper: digits 3 and 6 at 9:1); every real draw D_0 holds exactly round(n p_c) images of class c.
@@ -13,7 +14,8 @@ Metrics per seed, each from `eval_samples` generated images drawn with a fixed s
   divided by the minority's share of the real data (1: fair); share_other: share labelled as a
   class outside `classes`; precision and recall (k = 5) in classifier feature space;
 - data_loss: the generator's fit loss on its own training data D_g, one fixed noise draw
-  (negative ELBO in nats per image for the VAE, MMD^2 for the GMMN);
+  (negative ELBO in nats per image for the VAE, MMD^2 for the GMMN, the generator's adversarial
+  loss under its own critic for the GAN, the denoising loss per image for the diffusion model);
 - for hyper_mle and ple: the final fit and penalty terms and the estimator response
   (`tasks.response`) to the minority share: probes are real draws with the minority at
   PROBE_SHARES (the other classes keep their ratios), the statistic the share of `eval_samples`
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -34,11 +36,8 @@ import torch
 from torch.func import functional_call, vmap
 
 from models.classifier import Classifier
-from models.gmmn import GMMN
-from models.gmmn import PRESETS as GMMN_PRESETS
+from models import diffusion, gan, gmmn, vae
 from models.ple import Fitted, Generative, sample_weights
-from models.vae import PRESETS as VAE_PRESETS
-from models.vae import VAE
 from tasks.errors import InputUnavailableError, ParamsError
 from tasks.infra import checkpoints, storage
 from tasks.infra.device import default_device
@@ -51,7 +50,8 @@ from tasks.studies.images import fid
 from tasks.studies.images.data import ImageSet, class_pools, draw_imbalanced, load_images, split, to_float, to_uint8
 from tasks.studies.images.params import ImageParams
 
-GENERATORS = {"vae": (VAE, VAE_PRESETS), "gmmn": (GMMN, GMMN_PRESETS)}
+GENERATORS = {"vae": (vae.VAE, vae.PRESETS), "gmmn": (gmmn.GMMN, gmmn.PRESETS), "gan": (gan.GAN, gan.PRESETS),
+              "diffusion": (diffusion.Diffusion, diffusion.PRESETS)}
 EVAL_SEED = 0  # the same generated images are scored for every method and generation
 PROBE_SHARES = (0.1, 0.2, 0.3, 0.5)
 
@@ -77,7 +77,9 @@ class ImageStudy(StudyBase, Responsive):
 
     @property
     def config(self) -> dict:
-        settings = self.params.model_dump(exclude={"methods", "eval_samples", "fid_inception"})
+        """The settings that decide the numbers (the process section of another generator does not)."""
+        unused = {"gan", "diffusion"} - {self.params.generator}
+        settings = self.params.model_dump(exclude={"methods", "eval_samples", "fid_inception", *unused})
         return {**settings, "classifier_md5": self.classifier_md5}
 
     @property
@@ -85,8 +87,11 @@ class ImageStudy(StudyBase, Responsive):
         return tuple(self.train.images.shape[1:])
 
     def make_generator(self) -> Generative:
+        """The generator's preset, with the section's process settings (gan, diffusion) laid over it."""
         kind, presets = GENERATORS[self.params.generator]
-        return kind(self.event_shape, presets[self.params.preset])
+        process = getattr(self.params, self.params.generator, None)
+        config = presets[self.params.preset]
+        return kind(self.event_shape, replace(config, **process.model_dump()) if process else config)
 
     def draw_real(self, n: int, generator: torch.Generator) -> torch.Tensor:
         p = self.params
@@ -213,17 +218,32 @@ def real_splits(params: ImageParams, seed: int, raw_dir: Path, study: str) -> tu
     return train, test
 
 
-def build(params, root: Path, study: str) -> list[ImageStudy]:
-    """The study with its data, held-out reference set and classifier; every input checked first."""
+def shared_split(params, study: str, classifier: str) -> None:
+    """A study scored by another study's classifier splits the data as that one does (ParamsError otherwise)."""
+    section, owner = section_of(params, study), getattr(params, classifier, None)
+    if owner is None:
+        raise ParamsError(f"{study} is scored by the reference classifier of {classifier}; add a '{classifier}:' "
+                          f"section to params (its classifier settings train it)")
+    for key in ("dataset", "test_fraction"):
+        if getattr(section, key) != getattr(owner, key):
+            raise ParamsError(f"{study}.{key} = {getattr(section, key)} but {classifier}.{key} = "
+                              f"{getattr(owner, key)}; {study} uses the classifier of {classifier}: make them equal")
+
+
+def build(params, root: Path, study: str, classifier: str) -> list[ImageStudy]:
+    """The study with its data, held-out reference set and the reference classifier of the study
+    `classifier` (its own or its dataset's); every input checked first."""
     section, paths = section_of(params, study), StudyPaths(root, study)
+    shared_split(params, study, classifier)
     train, test = real_splits(section, params.seed, paths.raw, study)
     size = reference_size(test, section.classes, section.proportions)
     reference = draw_imbalanced(test, section.classes, section.proportions, size,
-                                generator(params.seed, "reference", study))
-    if not paths.classifier.exists():
+                                generator(params.seed, "reference", classifier))
+    weights = StudyPaths(root, classifier).classifier
+    if not weights.exists():
         raise InputUnavailableError(
-            f"{paths.classifier} is missing; train it with `dvc repro classifier_{study}` "
-            f"(or python -m flows.classifier {study})")
+            f"{weights} is missing; train it with `dvc repro classifier_{classifier}` "
+            f"(or python -m flows.classifier {classifier})")
     inception = None
     if section.fid_inception:
         from tasks.studies.images import inception as pool3  # pytorch-fid's network: seconds to import
@@ -232,5 +252,5 @@ def build(params, root: Path, study: str) -> list[ImageStudy]:
             inception = pool3.inception_extractor(device=default_device())
         except InputUnavailableError as exc:
             print(f"fid_inception skipped: {exc}")  # a Prefect log line inside the flow (log_prints)
-    return [ImageStudy(section, study, train, reference, checkpoints.load_classifier(paths.classifier),
-                       storage.md5(paths.classifier), inception, default_device())]
+    return [ImageStudy(section, study, train, reference, checkpoints.load_classifier(weights),
+                       storage.md5(weights), inception, default_device())]

@@ -1,0 +1,93 @@
+"""An adversarially trained GAN (Goodfellow et al. 2014) as a two-player `Generative`.
+
+Generator G maps z ~ N(0, I) to an image; critic D (the discriminator, spectrally normalised) gives
+each image a score. With fake images G(z) and real images x, the two losses are
+
+    hinge            L_D = E relu(1 - D(x)) + E relu(1 + D(G(z))),     L_G = -E D(G(z))
+    non_saturating   L_D = E softplus(-D(x)) + E softplus(D(G(z))),    L_G = E softplus(-D(G(z)))
+
+L_G is the fit loss (`nll`) that mle, hyper_mle and ple minimise over G's weights (for the
+hypernetwork methods H emits G's weights from the data; D is the `adversary`, trained alongside on
+L_D, one step of D per step of G). Samples with sampling bias lambda are G(sqrt(lambda) z).
+
+Presets: `small` (perceptrons, 8x8 digits, a CPU), `mnist` (DCGAN, 28x28), `cifar10` (a BigGAN-style
+ResNet generator and an SNGAN ResNet critic, 32x32, for a GPU); `models.networks` has the bodies.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from models.networks import (DCGANCritic, DCGANGenerator, MLPCritic, MLPGenerator, ResNetCritic, ResNetGenerator,
+                             channels_first)
+from models.ple import Generative
+
+LOSSES = ("hinge", "non_saturating")
+ARCHITECTURES = {"mlp": (MLPGenerator, MLPCritic), "dcgan": (DCGANGenerator, DCGANCritic), "resnet": (ResNetGenerator, ResNetCritic)}
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    latent: int = 16  # dimension of z
+    channels: int = 64  # width of the generator (MLP: hidden units; DCGAN: its last map; ResNet: every block)
+    critic_channels: int = 64  # width of the critic
+    architecture: str = "mlp"  # mlp | dcgan | resnet
+    loss: str = "hinge"  # hinge | non_saturating
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown GAN architecture {self.architecture!r}; use one of {', '.join(ARCHITECTURES)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown GAN loss {self.loss!r}; use one of {', '.join(LOSSES)}")
+
+
+PRESETS = {
+    "small": GANConfig(),
+    "mnist": GANConfig(latent=64, channels=64, critic_channels=64, architecture="dcgan"),
+    "cifar10": GANConfig(latent=128, channels=256, critic_channels=128, architecture="resnet"),
+}
+
+
+class GAN(Generative):
+    """Generator and critic for images of shape (H, W) or (C, H, W)."""
+
+    adversary = "critic"
+    betas = (0.5, 0.999)  # Adam's betas of DCGAN, for both players
+
+    def __init__(self, event_shape: tuple[int, ...], config: GANConfig = GANConfig()):
+        super().__init__()
+        self.event_shape, self.config = tuple(event_shape), config
+        make_generator, make_critic = ARCHITECTURES[config.architecture]
+        self.generator = make_generator(channels_first(event_shape), config.latent, config.channels)
+        self.critic = make_critic(channels_first(event_shape), config.critic_channels)
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Images (n, *event_shape) in [0, 1] from latents z (n, latent)."""
+        return self.generator(z).reshape(-1, *self.event_shape)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """D(x): one score per image (n,)."""
+        return self.critic(x.reshape(-1, *channels_first(self.event_shape)))
+
+    def nll(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """L_G of the n fakes G(noise); the real images x do not enter it."""
+        fake = self.score(self.generate(noise))
+        return -fake.mean() if self.config.loss == "hinge" else F.softplus(-fake).mean()
+
+    def adversary_loss(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """L_D on the real images x and the fakes G(noise)."""
+        scores = self.score(torch.cat([x.reshape(-1, *self.event_shape), self.generate(noise)]))
+        real, fake = scores[: x.shape[0]], scores[x.shape[0]:]
+        if self.config.loss == "hinge":
+            return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+        return F.softplus(-real).mean() + F.softplus(fake).mean()
+
+    def noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(n, self.config.latent, generator=generator)
+
+    def rsample(self, noise: torch.Tensor, sampling_bias: float = 1.0) -> torch.Tensor:
+        return self.generate(math.sqrt(sampling_bias) * noise)
