@@ -1,10 +1,13 @@
 """An adversarially trained GAN (Goodfellow et al. 2014) as a two-player `Generative`.
 
 Generator G maps z ~ N(0, I) to an image; critic D (the discriminator, spectrally normalised) gives
-each image a score. With fake images G(z) and real images x, the two losses are
+each image a score, reading it beside the mean features of the real batch X it is compared with
+(`models.networks.Critic`: D(y; X)), so that a critic can hold a generator to the data set at hand
+when the data sets vary, as they do while a hypernetwork learns to map data sets to generators.
+With fake images G(z) and real images x of X, the two losses are
 
-    hinge            L_D = E relu(1 - D(x)) + E relu(1 + D(G(z))),     L_G = -E D(G(z))
-    non_saturating   L_D = E softplus(-D(x)) + E softplus(D(G(z))),    L_G = E softplus(-D(G(z)))
+    hinge            L_D = E relu(1 - D(x; X)) + E relu(1 + D(G(z); X)),     L_G = -E D(G(z); X)
+    non_saturating   L_D = E softplus(-D(x; X)) + E softplus(D(G(z); X)),    L_G = E softplus(-D(G(z); X))
 
 L_G is the fit loss (`nll`) that mle, hyper_mle and ple minimise over G's weights (for the
 hypernetwork methods H emits G's weights from the data; D is the `adversary`, trained alongside on
@@ -22,12 +25,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.networks import (DCGANCritic, DCGANGenerator, MLPCritic, MLPGenerator, ResNetCritic, ResNetGenerator,
+from models.networks import (Critic, DCGANGenerator, DCGANTrunk, MLPGenerator, MLPTrunk, ResNetGenerator, ResNetTrunk,
                              channels_first)
 from models.ple import Generative
 
 LOSSES = ("hinge", "non_saturating")
-ARCHITECTURES = {"mlp": (MLPGenerator, MLPCritic), "dcgan": (DCGANGenerator, DCGANCritic), "resnet": (ResNetGenerator, ResNetCritic)}
+ARCHITECTURES = {"mlp": (MLPGenerator, MLPTrunk), "dcgan": (DCGANGenerator, DCGANTrunk),
+                 "resnet": (ResNetGenerator, ResNetTrunk)}  # generator and critic trunk
 
 
 @dataclass(frozen=True)
@@ -61,27 +65,29 @@ class GAN(Generative):
     def __init__(self, event_shape: tuple[int, ...], config: GANConfig = GANConfig()):
         super().__init__()
         self.event_shape, self.config = tuple(event_shape), config
-        make_generator, make_critic = ARCHITECTURES[config.architecture]
+        make_generator, make_trunk = ARCHITECTURES[config.architecture]
         self.generator = make_generator(channels_first(event_shape), config.latent, config.channels)
-        self.critic = make_critic(channels_first(event_shape), config.critic_channels)
+        self.critic = Critic(make_trunk(channels_first(event_shape), config.critic_channels))
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """Images (n, *event_shape) in [0, 1] from latents z (n, latent)."""
         return self.generator(z).reshape(-1, *self.event_shape)
 
-    def score(self, x: torch.Tensor) -> torch.Tensor:
-        """D(x): one score per image (n,)."""
-        return self.critic(x.reshape(-1, *channels_first(self.event_shape)))
+    def scores(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D(x; x), D(G(noise); x)): the real batch x and the fakes, each scored against x."""
+        images = torch.cat([x.reshape(-1, *channels_first(self.event_shape)),
+                            self.generator(noise)])
+        scores = self.critic(images, real=x.shape[0])
+        return scores[: x.shape[0]], scores[x.shape[0]:]
 
     def nll(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """L_G of the n fakes G(noise); the real images x do not enter it."""
-        fake = self.score(self.generate(noise))
+        """L_G of the fakes G(noise), scored against the real batch x."""
+        fake = self.scores(x, noise)[1]
         return -fake.mean() if self.config.loss == "hinge" else F.softplus(-fake).mean()
 
     def adversary_loss(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """L_D on the real images x and the fakes G(noise)."""
-        scores = self.score(torch.cat([x.reshape(-1, *self.event_shape), self.generate(noise)]))
-        real, fake = scores[: x.shape[0]], scores[x.shape[0]:]
+        real, fake = self.scores(x, noise)
         if self.config.loss == "hinge":
             return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
         return F.softplus(-real).mean() + F.softplus(fake).mean()

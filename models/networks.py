@@ -63,16 +63,17 @@ class MLPGenerator(nn.Module):
         return self.body(z).reshape(-1, *self.shape)
 
 
-class MLPCritic(nn.Module):
-    """(n, C, H, W) -> flat -> [SN linear(c), LeakyReLU 0.1] x 2 -> SN linear: one score per image."""
+class MLPTrunk(nn.Module):
+    """(n, C, H, W) -> flat -> [SN linear(c), LeakyReLU 0.1] x 2: features (n, c)."""
 
     def __init__(self, shape: tuple[int, int, int], channels: int):
         super().__init__()
+        self.width = channels
         self.body = nn.Sequential(nn.Flatten(), SNLinear(math.prod(shape), channels), nn.LeakyReLU(0.1),
-                                  SNLinear(channels, channels), nn.LeakyReLU(0.1), SNLinear(channels, 1))
+                                  SNLinear(channels, channels), nn.LeakyReLU(0.1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(2 * x - 1).squeeze(-1)
+        return self.body(x)
 
 
 class DCGANGenerator(nn.Module):
@@ -98,21 +99,19 @@ class DCGANGenerator(nn.Module):
         return self.body(self.project(z).reshape(-1, *self.start))
 
 
-class DCGANCritic(nn.Module):
-    """(n, C, H, W) -> [SN conv 4x4 stride 2, LeakyReLU 0.1] x 2 -> SN linear: one score per image."""
+class DCGANTrunk(nn.Module):
+    """(n, C, H, W) -> [SN conv 4x4 stride 2, LeakyReLU 0.1] x 2 -> flat: features (n, 2c H/4 W/4)."""
 
     def __init__(self, shape: tuple[int, int, int], channels: int):
         super().__init__()
         inp, height, width = shape
         c = channels
-        self.body = nn.Sequential(
-            SNConv2d(inp, c, 4, stride=2, padding=1), nn.LeakyReLU(0.1),
-            SNConv2d(c, 2 * c, 4, stride=2, padding=1), nn.LeakyReLU(0.1),
-            nn.Flatten(), SNLinear(2 * c * (height // 4) * (width // 4), 1),
-        )
+        self.width = 2 * c * (height // 4) * (width // 4)
+        self.body = nn.Sequential(SNConv2d(inp, c, 4, stride=2, padding=1), nn.LeakyReLU(0.1),
+                                  SNConv2d(c, 2 * c, 4, stride=2, padding=1), nn.LeakyReLU(0.1), nn.Flatten())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(2 * x - 1).squeeze(-1)
+        return self.body(x)
 
 
 class UpBlock(nn.Module):
@@ -162,18 +161,34 @@ class DownBlock(nn.Module):
         return self.main(x) + self.skip(x)
 
 
-class ResNetCritic(nn.Module):
-    """(n, C, H, W) -> 2 pooling DownBlocks, 2 plain ones -> ReLU -> sum over pixels -> SN linear."""
+class ResNetTrunk(nn.Module):
+    """(n, C, H, W) -> 2 pooling DownBlocks, 2 plain ones -> ReLU -> sum over pixels: features (n, c)."""
 
     def __init__(self, shape: tuple[int, int, int], channels: int):
         super().__init__()
-        c = channels
+        c = self.width = channels
         self.body = nn.Sequential(DownBlock(shape[0], c, down=True, first=True), DownBlock(c, c, down=True),
                                   DownBlock(c, c, down=False), DownBlock(c, c, down=False), nn.ReLU())
-        self.head = SNLinear(c, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(2 * x - 1).sum(dim=(2, 3))).squeeze(-1)
+        return self.body(x).sum(dim=(2, 3))
+
+
+class Critic(nn.Module):
+    """D(y; X) = SN linear([phi(y), mean_{x in X} phi(x)]), phi a trunk above on pixels rescaled to [-1, 1]:
+    each image is scored against the real batch X it is compared with, so that the critic can tell
+    which data set the fakes should resemble when the data sets vary (as for the hypernetwork methods)."""
+
+    def __init__(self, trunk: nn.Module):
+        super().__init__()
+        self.trunk = trunk
+        self.head = SNLinear(2 * trunk.width, 1)
+
+    def forward(self, images: torch.Tensor, real: int) -> torch.Tensor:
+        """Scores (n,) of images (n, C, H, W) whose first `real` rows are the real batch X."""
+        features = self.trunk(2 * images - 1)
+        reference = features[:real].mean(dim=0, keepdim=True).expand_as(features)
+        return self.head(torch.cat([features, reference], dim=-1)).squeeze(-1)
 
 
 def channels_first(event_shape: tuple[int, ...]) -> tuple[int, int, int]:

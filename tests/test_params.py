@@ -57,6 +57,13 @@ BAD = [
     ({"gmm": {"ple": {"form": "anchor"}}}, "gmm.ple.form = 'anchor'"),
     ({"gmm": {"ple": {"training": "halfs"}}}, "gmm.ple.training = 'halfs'"),
     ({"gmm": {"ple": {"concentration": 0.0}}}, "gmm.ple.concentration = 0.0"),
+    ({"digits_gan": {"preset": "huge"}}, "preset 'huge' is not one of the gan presets: small, mnist, cifar10"),
+    ({"digits_gan": {"gan": {"loss": "wasserstein"}}}, "digits_gan.gan.loss = 'wasserstein'"),
+    ({"digits_gan": {"ple": {"steps": 0}}}, "digits_gan.ple.steps = 0"),
+    ({"digits_diffusion": {"diffusion": {"schedule": "quadratic"}}}, "digits_diffusion.diffusion.schedule = 'quadratic'"),
+    ({"digits_diffusion": {"diffusion": {"timesteps": 50, "sampling_steps": 80}}},
+     "sampling_steps (80) must be at most timesteps (50)"),
+    ({"digits_diffusion": {"diffusion": {"timesteps": 1}}}, "digits_diffusion.diffusion.timesteps = 1"),
 ]
 
 

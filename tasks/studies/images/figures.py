@@ -74,6 +74,13 @@ def side_by_side(paths: StudyPaths, methods: list[str], generations: int, count:
                             4, (1.8, 1.9))
 
 
+def fid_by_generation(curve_table: pd.DataFrame, paths: StudyPaths, title: str) -> Path:
+    """fid.png, the PLE paper's Fig. 2: fid_classifier (and fid_inception when measured) against generation
+    per method, beside the hypernetwork methods' estimator response."""
+    metrics = [m for m in ("fid_classifier", "fid_inception", "response") if f"{m}_mean" in curve_table]
+    return plot_curves(curve_table, metrics, paths.figures / "fid.png", title)
+
+
 def curves(curve_table: pd.DataFrame, paths: StudyPaths, title: str) -> Path:
     """FID, minority ratio (fair = 1), off-class share and the fit loss on D_g against generation."""
     metrics = [m for m in CURVES + ["fid_inception"] if f"{m}_mean" in curve_table]

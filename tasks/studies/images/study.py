@@ -56,6 +56,18 @@ EVAL_SEED = 0  # the same generated images are scored for every method and gener
 PROBE_SHARES = (0.1, 0.2, 0.3, 0.5)
 
 
+def make_generator(params: ImageParams, event_shape: tuple[int, ...], study: str = "") -> Generative:
+    """The generator's preset, with the section's process settings (gan, diffusion) laid over it;
+    ParamsError when the preset cannot make images of this shape."""
+    kind, presets = GENERATORS[params.generator]
+    process = getattr(params, params.generator, None)
+    config = presets[params.preset]
+    try:
+        return kind(event_shape, replace(config, **process.model_dump()) if process else config)
+    except ValueError as exc:
+        raise ParamsError(f"{study or params.dataset}.preset = {params.preset}: {exc}; choose another preset") from None
+
+
 def reference_size(test: ImageSet, classes: list[int], proportions: list[float]) -> int:
     """The largest n whose round(n p_c) images of every class c the held-out split can supply."""
     counts = [int((test.labels == c).sum()) for c in classes]
@@ -87,11 +99,7 @@ class ImageStudy(StudyBase, Responsive):
         return tuple(self.train.images.shape[1:])
 
     def make_generator(self) -> Generative:
-        """The generator's preset, with the section's process settings (gan, diffusion) laid over it."""
-        kind, presets = GENERATORS[self.params.generator]
-        process = getattr(self.params, self.params.generator, None)
-        config = presets[self.params.preset]
-        return kind(self.event_shape, replace(config, **process.model_dump()) if process else config)
+        return make_generator(self.params, self.event_shape)
 
     def draw_real(self, n: int, generator: torch.Generator) -> torch.Tensor:
         p = self.params
@@ -236,6 +244,8 @@ def build(params, root: Path, study: str, classifier: str) -> list[ImageStudy]:
     section, paths = section_of(params, study), StudyPaths(root, study)
     shared_split(params, study, classifier)
     train, test = real_splits(section, params.seed, paths.raw, study)
+    with torch.random.fork_rng():  # a preset that fits the images; no draw of the global generator
+        make_generator(section, tuple(train.images.shape[1:]), study)
     size = reference_size(test, section.classes, section.proportions)
     reference = draw_imbalanced(test, section.classes, section.proportions, size,
                                 generator(params.seed, "reference", classifier))
