@@ -26,7 +26,7 @@ bench: $(VENV)/.installed
 	python benchmarks/gaussian_vectorisation.py
 	python benchmarks/ple_engine.py
 	python benchmarks/fid_features.py
-	python benchmarks/vae_training.py
+	python benchmarks/generator_training.py
 	python benchmarks/sweep.py
 
 # A Prefect server on 127.0.0.1 (state in .prefect/) serving the deployments of flows/deployments.yaml.

@@ -19,15 +19,13 @@ ResNet generator and an SNGAN ResNet critic, 32x32, for a GPU); `models.networks
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from models.networks import (Critic, DCGANGenerator, DCGANTrunk, MLPGenerator, MLPTrunk, ResNetGenerator, ResNetTrunk,
-                             channels_first)
-from models.ple import Generative
+from models.networks import (Critic, DCGANGenerator, DCGANTrunk, LatentGenerative, MLPGenerator, MLPTrunk,
+                             ResNetGenerator, ResNetTrunk, channels_first)
 
 LOSSES = ("hinge", "non_saturating")
 ARCHITECTURES = {"mlp": (MLPGenerator, MLPTrunk), "dcgan": (DCGANGenerator, DCGANTrunk),
@@ -56,7 +54,7 @@ PRESETS = {
 }
 
 
-class GAN(Generative):
+class GAN(LatentGenerative):
     """Generator and critic for images of shape (H, W) or (C, H, W)."""
 
     adversary = "critic"
@@ -91,9 +89,3 @@ class GAN(Generative):
         if self.config.loss == "hinge":
             return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
         return F.softplus(-real).mean() + F.softplus(fake).mean()
-
-    def noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(n, self.config.latent, generator=generator)
-
-    def rsample(self, noise: torch.Tensor, sampling_bias: float = 1.0) -> torch.Tensor:
-        return self.generate(math.sqrt(sampling_bias) * noise)

@@ -17,13 +17,11 @@ Presets: `small` for 8x8 digits on a CPU; `large` for CIFAR-10 on a GPU.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from models.networks import DCGANGenerator, channels_first
-from models.ple import Generative
+from models.networks import DCGANGenerator, LatentGenerative, channels_first
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, ...]) -> tor
             + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
 
 
-class GMMN(Generative):
+class GMMN(LatentGenerative):
     """DCGAN-style generator for images of shape (H, W) or (C, H, W), H and W divisible by 4."""
 
     def __init__(self, event_shape: tuple[int, ...], config: GMMNConfig = GMMNConfig()):
@@ -68,9 +66,3 @@ class GMMN(Generative):
             raise ValueError("the GMMN fit loss needs noise: the latents of the samples it compares with x")
         y = self.generate(noise)
         return mmd2(x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1), self.config.bandwidths)
-
-    def noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(n, self.config.latent, generator=generator)
-
-    def rsample(self, noise: torch.Tensor, sampling_bias: float = 1.0) -> torch.Tensor:
-        return self.generate(math.sqrt(sampling_bias) * noise)

@@ -5,8 +5,8 @@ Spectral normalisation divides every weight W of a critic by the largest singula
 of W reshaped to (out, in * k * k), estimated at every call by POWER_ITERATIONS steps of power
 iteration from a fixed start (Miyato et al. take one step per call from a vector kept between
 calls), sigma = u^T W v with u, v held fixed in the gradient as theirs: a critic then has no state
-that changes in its forward pass, so the same module runs under `torch.func.vmap` for every seed. Batch norm in the generators uses the statistics of
-the current batch only, for the same reason.
+that changes in its forward pass, so the same module runs under `torch.func.vmap` for every seed.
+Batch norm in the generators uses the statistics of the current batch only, for the same reason.
 
 Images are (C, H, W), with H and W divisible by 4 (DCGAN) or 8 (ResNet); generators end in a
 sigmoid (pixels in [0, 1]); critics read pixels in [0, 1] and rescale them to [-1, 1].
@@ -19,6 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from models.ple import Generative
 
 
 POWER_ITERATIONS = 10
@@ -189,6 +191,20 @@ class Critic(nn.Module):
         features = self.trunk(2 * images - 1)
         reference = features[:real].mean(dim=0, keepdim=True).expand_as(features)
         return self.head(torch.cat([features, reference], dim=-1)).squeeze(-1)
+
+
+class LatentGenerative(Generative):
+    """A generator of images G(z), z ~ N(0, I) of dimension `config.latent`; with sampling bias lambda
+    its samples are G(sqrt(lambda) z). Subclasses define `generate(z)`."""
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(n, self.config.latent, generator=generator)
+
+    def rsample(self, noise: torch.Tensor, sampling_bias: float = 1.0) -> torch.Tensor:
+        return self.generate(math.sqrt(sampling_bias) * noise)
 
 
 def channels_first(event_shape: tuple[int, ...]) -> tuple[int, int, int]:

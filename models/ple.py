@@ -15,15 +15,16 @@ of the penalty from that of the hypernetwork.
 A generator used here subclasses `Generative`: `nll(x, noise)` is its fit loss, `rsample(noise)`
 turns noise drawn outside (by `noise(n, generator)`) into samples differentiably, so the same code
 runs under `torch.func.vmap` over seeds with explicit, reproducible randomness. The same noise
-reaches the fit loss, for losses that sample (a VAE's ELBO); others ignore it.
+reaches the fit loss, for losses that sample (a VAE's ELBO); others ignore it. The hypernetworks of
+all seeds are stacked with `torch.func.stack_module_state` and trained in one vectorised loop;
+since Adam acts elementwise, this is exactly S independent trainings.
 
 A two-player generator (a GAN) names the submodule of its second player in `adversary` (the
 discriminator D). D's parameters are neither emitted by H nor penalised: each step first updates D
 on `adversary_loss(x, noise)` with the generator's weights fixed, then the generator (directly, or
 through H) on fit + lambda * penalty with D fixed, where the fit term `nll` is the generator's
-adversarial loss under the current D. Every seed has its own D; the engine holds no GAN-specific code. The hypernetworks of
-all seeds are stacked with `torch.func.stack_module_state` and trained in one vectorised loop;
-since Adam acts elementwise, this is exactly S independent trainings.
+adversarial loss under the current D. Every seed has its own D; the engine holds no GAN-specific
+code.
 """
 
 from __future__ import annotations
@@ -122,8 +123,8 @@ def distance(hyper: HyperNetwork, theta: dict[str, torch.Tensor], other: dict[st
     return total / sum(t.numel() for t in theta.values()) if penalty == "mean" else total
 
 
-def ple_terms(hyper: HyperNetwork, x: torch.Tensor, noise: torch.Tensor, penalty: str = "sum",
-              form: str = "paper", adversary: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def ple_terms(hyper: HyperNetwork, x: torch.Tensor, noise: torch.Tensor, penalty: str = "sum", form: str = "paper",
+              adversary: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(fit_loss(X; H(X)), the penalty of `form`) with Y = rsample(H(X), noise); `adversary`: the
     weights of a two-player generator's adversary, which every fit loss reads (and H does not emit):
 

@@ -34,7 +34,8 @@ def test_spectral_layers_use_the_normalised_weight():
     x = torch.randn(5, 6)
     assert torch.allclose(layer(x), x @ spectral(layer.weight).T + layer.bias, atol=1e-6)
     y = torch.randn(1, 2, 5, 5)
-    assert torch.allclose(conv(y), torch.nn.functional.conv2d(y, spectral(conv.weight), conv.bias, padding=1), atol=1e-6)
+    expected = torch.nn.functional.conv2d(y, spectral(conv.weight), conv.bias, padding=1)
+    assert torch.allclose(conv(y), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("preset,shape", [("small", (8, 8)), ("mnist", (28, 28)), ("cifar10", (3, 32, 32))])
