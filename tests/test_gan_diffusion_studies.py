@@ -30,40 +30,58 @@ FIT = {"gan": {"ple": {"lam": 1.0, "steps": 300, "lr": 0.002}},
        "diffusion": {"ple": {"lam": 1.0, "steps": 400, "lr": 0.002}}}
 
 
+CLASSIFIER_FILE = Path("data/reference/digits/classifier.pt")
+
+
 @pytest.fixture(scope="module")
-def studies(tmp_path_factory):
-    """digits_gan and digits_diffusion at their default sizes but fewer steps, scored by a quickly
-    trained digits classifier."""
+def classifier(tmp_path_factory) -> Path:
+    """A digits reference classifier trained once (8 epochs) for every test here."""
+    root = tmp_path_factory.mktemp("classifier")
+    train_reference(load_params(write_params(root, digits={"classifier": CLASSIFIER})), "digits", root)
+    return root / CLASSIFIER_FILE
+
+
+def _with_classifier(root: Path, classifier: Path) -> None:
+    (root / CLASSIFIER_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (root / CLASSIFIER_FILE).write_bytes(classifier.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, classifier):
+    """digits_gan and digits_diffusion at their default sizes but fewer steps, each fitted once by mle at
+    generation 0: {kind: (study, fitted model)}."""
     root = tmp_path_factory.mktemp("generators")
-    params = load_params(write_params(root, digits={"classifier": CLASSIFIER},
-                                      digits_gan={**FIT["gan"], "eval_samples": 300},
+    params = load_params(write_params(root, digits_gan={**FIT["gan"], "eval_samples": 300},
                                       digits_diffusion={**FIT["diffusion"], "eval_samples": 300}))
-    train_reference(params, "digits", root)
-    return {kind: build(params, root, f"digits_{kind}", "digits")[0] for kind in ("gan", "diffusion")}
+    _with_classifier(root, classifier)
+    out = {}
+    for kind in ("gan", "diffusion"):
+        study = build(params, root, f"digits_{kind}", "digits")[0]
+        data = real_dataset(study.draw_real(study.n_samples, torch.Generator().manual_seed(1)))
+        out[kind] = study, study.fit(data, "mle", torch.Generator().manual_seed(2))
+    return out
 
 
-def _fid(study, fitted: Fitted) -> np.ndarray:
-    return study.evaluate(fitted, real_dataset(study.draw_real(study.n_samples, torch.Generator().manual_seed(0))))[
-        "fid_classifier"].numpy()
+def _fid(study, model: Fitted) -> np.ndarray:
+    data = real_dataset(study.draw_real(study.n_samples, torch.Generator().manual_seed(0)))
+    return study.evaluate(model, data)["fid_classifier"].numpy()
 
 
 @pytest.mark.parametrize("kind", ["gan", "diffusion"])
-def test_trained_generator_beats_an_untrained_one_by_more_than_4_se(studies, kind):
-    study = studies[kind]
-    data = real_dataset(study.draw_real(study.n_samples, torch.Generator().manual_seed(1)))
-    trained = _fid(study, study.fit(data, "mle", torch.Generator().manual_seed(2)))
+def test_trained_generator_beats_an_untrained_one_by_more_than_4_se(fitted, kind):
+    study, model = fitted[kind]
+    trained = _fid(study, model)
     untrained = _fid(study, Fitted(TargetEnsemble(study.make_generator, study.seeds).weights()))
     se = math.hypot(trained.std(ddof=1), untrained.std(ddof=1)) / math.sqrt(study.seeds)
     assert untrained.mean() - trained.mean() > 4 * se, (trained, untrained)
 
 
-def test_ddim_with_every_step_matches_ancestral_sampling_within_noise(studies):
+def test_ddim_with_every_step_matches_ancestral_sampling_within_noise(fitted):
     """Per seed, the FID of n images by DDIM (eta = 0, all T steps) and by DDPM's ancestral sampler
     (eta = 1, all T steps) of the same trained model; the mean paired difference is within 4 SE of 0,
     the SE from the seeds and from a second draw of both samplers."""
-    study = studies["diffusion"]
-    data = real_dataset(study.draw_real(study.n_samples, torch.Generator().manual_seed(1)))
-    weights = study.fit(data, "mle", torch.Generator().manual_seed(2)).estimate
+    study, model = fitted["diffusion"]
+    weights = model.estimate
     target, real = study.make_generator(), study.reference_features[0]
     steps = target.config.timesteps
 
@@ -81,21 +99,17 @@ SMALL = {"n_samples": 60, "generations": 3, "seeds": 2, "eval_samples": 60,
 
 
 @pytest.mark.parametrize("kind", ["gan", "diffusion"])
-def test_killed_study_resumes_to_the_same_tables(tmp_path, prefect_api, monkeypatch, kind):
+def test_killed_study_resumes_to_the_same_tables(tmp_path, prefect_api, monkeypatch, classifier, kind):
     """A study killed (SIGKILL) after its first generations and run again ends with the tables and
     Parquet files of an uninterrupted run; its figures include the FID figure (Fig. 2)."""
     study = f"digits_{kind}"
-    sections = {"digits": {"classifier": CLASSIFIER}, study: SMALL}
-    reference = tmp_path / "reference"
-    params = write_params(reference, **sections)
-    train_reference(load_params(params), "digits", reference)
-    study_flow(study=study, params_file=str(params), root=str(reference))
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    for root in (reference, killed):
+        write_params(root, **{study: SMALL})
+        _with_classifier(root, classifier)
+    study_flow(study=study, params_file=str(reference / "params.yaml"), root=str(reference))
+    params = killed / "params.yaml"
 
-    killed = tmp_path / "killed"
-    params = write_params(killed, **sections)
-    classifier = Path("data/reference/digits/classifier.pt")
-    (killed / classifier).parent.mkdir(parents=True)
-    (killed / classifier).write_bytes((reference / classifier).read_bytes())
     env = subprocess_env(prefect_api)
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     process = subprocess.Popen([sys.executable, "-m", "flows.study", study, str(params)], cwd=killed, env=env,
