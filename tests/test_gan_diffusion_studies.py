@@ -1,5 +1,7 @@
-"""The GAN and diffusion generators in the digits studies: better than untrained at generation 0,
-DDIM with every step against DDPM's ancestral sampler, and a killed study resuming to the same tables."""
+"""The GAN and diffusion generators in the digits studies: better than untrained at generation 0, and
+a killed study resuming to the same tables. (DDIM against DDPM's ancestral sampler is checked where
+the exact noise predictor is known, in tests/test_diffusion.py: on a trained digits model the two
+differ by the model's error, not only by noise.)"""
 
 from __future__ import annotations
 
@@ -12,22 +14,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.func import functional_call
 
 from flows.cli import main
 from flows.study import study_flow
 from models.ple import Fitted, TargetEnsemble
 from tasks.loop import real_dataset
 from tasks.studies import load_params
-from tasks.studies.images import fid
 from tasks.studies.images.reference import train_reference
 from tasks.studies.images.study import build
 
 from conftest import subprocess_env, wait_for, write_params
 
 CLASSIFIER = {"features": 16, "epochs": 8, "batch_size": 64, "lr": 0.003}
-FIT = {"gan": {"ple": {"lam": 1.0, "steps": 300, "lr": 0.002}},
-       "diffusion": {"ple": {"lam": 1.0, "steps": 400, "lr": 0.002}}}
+FIT = {"gan": {"ple": {"lam": 1.0, "steps": 200, "lr": 0.002}},
+       "diffusion": {"ple": {"lam": 1.0, "steps": 250, "lr": 0.002}}}
 
 
 CLASSIFIER_FILE = Path("data/reference/digits/classifier.pt")
@@ -48,7 +48,7 @@ def _with_classifier(root: Path, classifier: Path) -> None:
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, classifier):
-    """digits_gan and digits_diffusion at their default sizes but fewer steps, each fitted once by mle at
+    """digits_gan and digits_diffusion at their default sizes but fewer steps, fitted by mle at
     generation 0: {kind: (study, fitted model)}."""
     root = tmp_path_factory.mktemp("generators")
     params = load_params(write_params(root, digits_gan={**FIT["gan"], "eval_samples": 300},
@@ -74,24 +74,6 @@ def test_trained_generator_beats_an_untrained_one_by_more_than_4_se(fitted, kind
     untrained = _fid(study, Fitted(TargetEnsemble(study.make_generator, study.seeds).weights()))
     se = math.hypot(trained.std(ddof=1), untrained.std(ddof=1)) / math.sqrt(study.seeds)
     assert untrained.mean() - trained.mean() > 4 * se, (trained, untrained)
-
-
-def test_ddim_with_every_step_matches_ancestral_sampling_within_noise(fitted):
-    """Per seed, the FID of n images by DDIM (eta = 0, all T steps) and by DDPM's ancestral sampler
-    (eta = 1, all T steps) of the same trained model; the mean paired difference is within 4 SE of 0,
-    the SE from the seeds and from a second draw of both samplers."""
-    study, model = fitted["diffusion"]
-    weights = model.estimate
-    target, real = study.make_generator(), study.reference_features[0]
-    steps = target.config.timesteps
-
-    def fid_of(seed: int, eta: float, draw: int) -> float:
-        own = {name: w[seed] for name, w in weights.items()}
-        images = functional_call(target, own, (300, torch.Generator().manual_seed(draw), steps, eta), {"op": "sample"})
-        return fid.frechet_distance(real, study.features((images.clamp(0, 1) * 255).round().to(torch.uint8)))
-
-    gaps = np.array([fid_of(s, 0.0, d) - fid_of(s, 1.0, d) for s in range(study.seeds) for d in (10, 11)])
-    assert abs(gaps.mean()) < 4 * gaps.std(ddof=1) / math.sqrt(len(gaps)), gaps
 
 
 SMALL = {"n_samples": 60, "generations": 3, "seeds": 2, "eval_samples": 60,
