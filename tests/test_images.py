@@ -58,7 +58,7 @@ def test_generations_store_uint8_images_with_their_shape(digits_run):
 
 def test_real_draw_has_exact_class_counts(digits_run):
     root, _, _ = digits_run
-    study, = build(load_params(root / "params.yaml"), root, "digits")
+    study, = build(load_params(root / "params.yaml"), root, "digits", "digits")
     labels = study.predict(storage.read_dataset(storage.dataset_path(root / "data/generations/digits/mle", 0)).values[0])
     counts = torch.bincount(labels, minlength=10)
     assert abs(int(counts[3]) - 54) <= 3 and abs(int(counts[6]) - 6) <= 3  # 54 + 6 real images, classifier errors aside
@@ -110,7 +110,7 @@ def test_missing_classifier_stops_with_one_line_before_the_flow(tmp_path, prefec
 def test_params_the_data_cannot_meet_are_named(tmp_path, bad, message):
     params = write_params(tmp_path, digits={**TINY, **bad})
     with pytest.raises(ParamsError, match=message):
-        build(load_params(params), tmp_path, "digits")
+        build(load_params(params), tmp_path, "digits", "digits")
 
 
 def test_the_gmmn_generator_runs_through_the_same_study(digits_run, tmp_path):
@@ -137,7 +137,7 @@ def test_hyper_mle_follows_the_minority_share_at_generation_0(digits_run):
     params = load_params(write_params(root / "response", digits={
         "n_samples": 140, "seeds": 3, "eval_samples": 300, "classifier": TINY["classifier"],
         "ple": {"steps": 300, "lr": 0.003}}))
-    study = build(params, root, "digits")[0]
+    study = build(params, root, "digits", "digits")[0]
     x = study.draw_real(140, generator(0, "real", 0))
     fitted = study.fit(real_dataset(x), "hyper_mle", generator(0, "fit"))
     response = study.response_metrics(fitted)
