@@ -11,7 +11,7 @@ from torch import nn
 
 from models.gmm import GMMGenerator
 from models.hypernet import HyperConfig, HyperNetwork, parameter_count
-from models.ple import FORMS, PENALTIES, HyperEnsemble, PLEConfig, distance, draw_indices, ple_terms
+from models.ple import FORMS, PENALTIES, Generative, HyperEnsemble, PLEConfig, distance, draw_indices, ple_terms
 
 
 def _target() -> nn.Module:
@@ -156,6 +156,75 @@ def test_self_fit_adds_the_fit_of_h_to_its_own_samples():
         own = hyper.run_target(hyper(y), y, noise, op="nll")
     torch.testing.assert_close(self_fit, paper + own)
 
+
+class _Location(Generative):
+    """N(mu, I) in two dimensions with fixed noise: nll = mean_i ||x_i - mu||^2 / 2, Y = mu + noise."""
+
+    NOISE = torch.tensor([[3.4, 1.5], [3.4, 1.5]])
+
+    def __init__(self):
+        super().__init__()
+        self.mu = nn.Parameter(torch.zeros(2))
+
+    def nll(self, x, noise=None):
+        return 0.5 * (x - self.mu).pow(2).sum(-1).mean()
+
+    def noise(self, n, generator):
+        return self.NOISE[:n].clone()
+
+    def rsample(self, noise, sampling_bias=1.0):
+        return self.mu + sampling_bias ** 0.5 * noise
+
+
+def _location_hyper() -> HyperNetwork:
+    """H(X) = b + s W mean(X) with b = (-2, -2), s W = 2 I: no encoder layers, one full head.
+
+    On X = {(0, 0), (2, 2)} (mean m = (1, 1)) and the noise (3.4, 1.5) for both points, by hand:
+    theta = H(X) = b + 2m = (0, 0); fit = (0 + 8) / 2 / 2 = 2; Y = theta + noise = (3.4, 1.5) twice;
+    H(Y) = b + 2 mean(Y) = (4.8, 1.0); d = H(Y) - H(X) = (4.8, 1.0); ||d||^2 = 24.04 over P = 2 entries;
+    s = init_scale = 0.5 (mu starts at zero), so scaled = 24.04 / 0.25; fit(Y; H(Y)) = (1.4^2 + 0.5^2) / 2.
+    """
+    hyper = HyperNetwork(_Location(), in_features=2,
+                         config=HyperConfig(hidden=2, encoder_depth=0, post_depth=0, head="linear", init_scale=0.5))
+    with torch.no_grad():
+        hyper.bases[0].copy_(torch.tensor([-2.0, -2.0]))
+        hyper.heads[0].weight.copy_(4 * torch.eye(2))
+    return hyper
+
+
+HAND_X = torch.tensor([[0.0, 0.0], [2.0, 2.0]])
+
+
+@pytest.mark.parametrize("penalty,form,expected", [
+    ("sum", "paper", 24.04), ("mean", "paper", 12.02), ("scaled", "paper", 96.16),
+    ("sum", "stop_gradient", 24.04), ("sum", "self_fit", 24.04 + 1.105)])
+def test_ple_objective_equals_its_value_computed_by_hand(penalty, form, expected):
+    hyper = _location_hyper()
+    fit, term = ple_terms(hyper, HAND_X, _Location.NOISE, penalty, form)
+    assert fit.item() == pytest.approx(2.0) and term.item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("form,expected", [("paper", (19.2, 4.0)), ("stop_gradient", (9.6, 2.0))])
+def test_penalty_gradient_reaches_h_through_the_samples_by_the_hand_computed_amount(form, expected):
+    """d||d||^2/db: d = s W (b + (s W - I) m + noise) depends on b only through Y, so the gradient is
+    2 (sW)^T d = 4 d under `paper` (zero if Y were detached from H) and 2 (sW - I)^T d = 2 d under
+    `stop_gradient` (H(Y)'s own parameters cut, Y kept)."""
+    hyper = _location_hyper()
+    _, term = ple_terms(hyper, HAND_X, _Location.NOISE, form=form)
+    term.backward()
+    torch.testing.assert_close(hyper.bases[0].grad, torch.tensor(expected))
+
+
+def test_one_training_step_descends_fit_plus_lambda_times_penalty():
+    """One Adam step moves every entry by lr against the sign of its gradient. With lambda = 0.1 the
+    gradient in b is (theta - m) + 0.1 * 4 d = (-1, -1) + (1.92, 0.4) = (0.92, -0.6): b moves by (-lr, +lr).
+    Dropping lambda's term (-1, -1), flipping its sign (-2.92, -1.4) or weighing it by 1 (18.2, 3) moves
+    b otherwise."""
+    ensemble = HyperEnsemble(_location_hyper, 1, PLEConfig())
+    before = ensemble.params["hyper.bases.0"].detach().clone()
+    curve = ensemble.train(HAND_X[None], PLEConfig(lam=0.1, steps=1, lr=0.01), torch.Generator())
+    assert curve.fit == pytest.approx([2.0]) and curve.penalty == pytest.approx([24.04])
+    torch.testing.assert_close(ensemble.params["hyper.bases.0"].detach() - before, torch.tensor([[-0.01, 0.01]]))
 
 @pytest.mark.parametrize("penalty", PENALTIES)
 def test_penalty_scales(penalty):
