@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from flows.study import study_flow
 from tasks import loop
+from tasks.infra import storage
+from tasks.infra.paths import StudyPaths
+
+from conftest import write_params
 
 
 def _data(values: torch.Tensor, real: bool) -> loop.Dataset:
@@ -81,3 +86,40 @@ def test_generators_depend_on_keys_only():
     b = torch.rand(5, generator=loop.generator(3, "sample", "mle", 4))
     c = torch.rand(5, generator=loop.generator(3, "sample", "ple", 4))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("mode", ["replace", "accumulate", "augment", "fresh"])
+def test_stored_generations_have_the_composition_of_their_mode(tmp_path, prefect_api, mode):
+    """Through the flow: each stored D_g of the Gaussian study has the size and real share of its mode,
+    its real points are D_0's (augment, without repeats) or new draws seen nowhere before (fresh), and
+    accumulate keeps D_(g-1) as its prefix."""
+    n, fraction, generations = 10, 0.4, 4
+    params = write_params(tmp_path, seed=5, loop={"mode": mode, "real_fraction": fraction, "sampling_bias": 1.0},
+                          gaussian={"n_samples": n, "generations": generations, "seeds": 3})
+    study_flow(study="gaussian", params_file=str(params), root=str(tmp_path))
+    folder = StudyPaths(tmp_path, "gaussian").method_dir("mle")
+    stored = [storage.read_dataset(storage.dataset_path(folder, g)) for g in range(generations)]
+    real0 = stored[0]
+    assert len(real0) == n and real0.is_real.all()
+    seen = {float(v) for v in real0.values.flatten()}
+    for g in range(1, generations):
+        data, previous = stored[g], stored[g - 1]
+        real = data.values[:, data.is_real]
+        if mode == "replace":
+            assert len(data) == n and not data.is_real.any()
+        elif mode == "accumulate":
+            assert len(data) == (g + 1) * n and torch.equal(data.values[:, : len(previous)], previous.values)
+            assert torch.equal(data.is_real[: len(previous)], previous.is_real) and not data.is_real[-n:].any()
+        else:
+            assert len(data) == n and int(data.is_real.sum()) == round(fraction * n)
+            assert torch.equal(data.is_real, torch.arange(n) < round(fraction * n))  # real points first
+        if mode == "augment":
+            for s in range(real.shape[0]):
+                own = set(real0.values[s].tolist())
+                assert set(real[s].tolist()) <= own and len(set(real[s].tolist())) == real.shape[1]
+        if mode == "fresh":
+            values = {float(v) for v in real.flatten()}
+            assert not values & seen, f"generation {g} reuses real points drawn before"
+            seen |= values
+        synthetic = data.values[:, ~data.is_real]
+        assert not {float(v) for v in synthetic.flatten()} & {float(v) for v in real0.values.flatten()}
