@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import yaml
 from sklearn.mixture import GaussianMixture
 
 from mlflow import MlflowClient
@@ -16,6 +17,7 @@ from flows.study import study_flow
 from models.gmm import Mixture, em, kl_monte_carlo
 from tasks.loop import GridPoint, generator, real_dataset
 from tasks.studies import load_params
+from tasks.studies.gmm import build_grid, build_lambda_sweep
 from tasks.studies.gmm.study import GMMParams, GMMStudy
 
 from conftest import ROOT, write_params
@@ -169,3 +171,25 @@ def test_three_components_in_two_dimensions(tmp_path):
         metrics = study.evaluate(model, data)
         assert {"kl", "weight_3", "mean_2_1", "mean_2_2", "std_3_2"} <= set(metrics)
         assert study.sample(model, 10, 1.0, loop.generator(0, "sample")).shape == (3, 10, 2)
+
+
+
+def test_every_lambda_sweep_point_fits_with_its_own_lambda_and_form(tmp_path):
+    """Each ple point of gmm_lambda gives the estimate of the gmm study's ple at that weight and n with
+    ple.lam and ple.form set to the point's values, and the points differ: lambdas and forms reach the fits."""
+    section = yaml.safe_load((ROOT / "params.yaml").read_text())["gmm"]
+    tiny = {"seeds": 2, "ple": {**section["ple"], "steps": 5}, "grid": {"weight": [0.9], "n_samples": [30]},
+            "lambda_sweep": {"lams": [0.5, 20.0], "forms": ["paper", "stop_gradient"], "weight": 0.9, "n_samples": 30}}
+    points = build_lambda_sweep(load_params(write_params(tmp_path, gmm=tiny)), tmp_path)[1:]
+    x = real_dataset(points[0].draw_real(30, generator(0, "real", 0)))
+    means = []
+    for study in points:
+        lam, form = study.point.coordinates["lam"], study.point.coordinates["form"]
+        alone = {**tiny, "ple": {**tiny["ple"], "lam": lam, "form": form}}
+        (reference,) = build_grid(load_params(write_params(tmp_path / f"{lam}-{form}", gmm=alone)), tmp_path)
+        estimate = study.fit(x, "ple", generator(0, "fit")).estimate
+        expected = reference.fit(x, "ple", generator(0, "fit")).estimate
+        for name in ("weights", "means", "stds"):
+            torch.testing.assert_close(getattr(estimate, name), getattr(expected, name), rtol=0, atol=0)
+        means.append(estimate.means)
+    assert len(means) == 4 and all(not torch.equal(a, b) for i, a in enumerate(means) for b in means[i + 1:])

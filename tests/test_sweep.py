@@ -109,10 +109,12 @@ def test_dask_sweep_2x2_on_two_processes(tmp_path, prefect_api, monkeypatch):
     ({"lam": [0.1]}, "grid.lam: the gaussian study has no ple.lam"),
     ({"method": ["hyper_mle"]}, "point method=hyper_mle: gaussian.methods = 'hyper_mle' is invalid: Input should be"),
     ({}, "grid has no axis"),
+    ({"lam": [0.1, 1.0]}, "grid.lam: the gmm_lambda study sets its lam values itself (params section gmm)"),
+    ({"method": ["mle"]}, "grid.method: the gmm_lambda study sets its method values itself"),
 ])
 def test_bad_sweep_file_is_one_line_and_writes_nothing(tmp_path, capsys, grid, message):
     write_params(tmp_path, **TINY)
-    sweep = _sweep_file(tmp_path, grid)
+    sweep = _sweep_file(tmp_path, grid, study="gmm_lambda" if "gmm_lambda" in message else "gaussian")
     assert main([str(sweep), "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err

@@ -107,6 +107,11 @@ def load_sweep(path: str | Path, root: str | Path = ".") -> Sweep:
         raise ParamsError(f"{path}: params: {exc}") from None
     if "lam" in axes and "ple" not in study.params.model_fields:
         raise ParamsError(f"{path}: grid.lam: the {sweep.study} study has no ple.lam; remove the lam axis")
+    fixed = [axis for axis in axes if axis in study.own_axes]
+    if fixed:
+        axis = fixed[0]
+        raise ParamsError(f"{path}: grid.{axis}: the {sweep.study} study sets its {axis} values itself (params "
+                          f"section {study.section}); remove the {axis} axis")
     base = read_yaml(root / sweep.params)
     points = []
     for values in itertools.product(*axes.values()):

@@ -43,6 +43,7 @@ class StudySpec:
     raw_data: str | None = None  # a folder under data/raw it needs: in `make run` only when that holds files
     classifier: str | None = None  # the study whose reference classifier it reads (stage classifier_<classifier>)
     sweepable: bool = True  # `flows.sweep` can run it at points of a grid
+    own_axes: tuple[str, ...] = ()  # sweep axes it sets itself from its section (a sweep may not override them)
 
     @property
     def owns_classifier(self) -> bool:

@@ -48,4 +48,5 @@ def lambda_figures(studies, params, tidy: pd.DataFrame, curve_table: pd.DataFram
 GMM = StudySpec(name="gmm", section="gmm", params=GMMParams, build=build_grid, figures=grid_figures,
                 report_metrics=("kl", "response"))
 GMM_LAMBDA = StudySpec(name="gmm_lambda", section="gmm", params=GMMParams, build=build_lambda_sweep,
-                       figures=lambda_figures, report_metrics=("kl", "response"))
+                       figures=lambda_figures, report_metrics=("kl", "response"),
+                       own_axes=("lam", "method"))
