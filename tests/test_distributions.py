@@ -81,3 +81,24 @@ def test_grid_flow_estimates_every_family(tmp_path, prefect_api):
     bias = exp[exp.metric == "rate_bias"].set_index(["method", "seed", "generation"]).value
     assert ((rate - bias) - 1.0).abs().max() < 1e-9
     assert (tmp_path / "figures/grid/parameters.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_sampling_bias_scales_the_variance_by_lambda_around_the_stated_centre(name):
+    """Both samplers at the true parameters and lambda = 0.5, against each family's law: the spread is
+    scaled by sqrt(lambda) about the mean (normal, laplace; uniform: about the midpoint; each mixture
+    component about its mean), or the draws themselves (exponential), so the variance is lambda times the
+    unbiased one (the mixture's within-component part only)."""
+    lam, family = 0.5, FAMILIES[name]()
+    expected = {"normal": (0, lam), "uniform": (0.5, lam / 12), "exponential": (lam ** 0.5, lam),
+                "laplace": (0, 2 * lam), "mixture": (0.4, lam + 0.8 * 0.2 * 2**2)}[name]
+    report = {k: torch.tensor([v], dtype=torch.float64) for k, v in family.truth.items()}
+    weights = {"logits": torch.tensor([0.8, 0.2]).log(), "means": torch.tensor([[0.0], [2.0]]),
+               "log_stds": torch.zeros(2, 1)} if name == "mixture" else {"theta": torch.zeros_like(family.theta)}
+    draws = {"closed form": family.sample(report, 200_000, lam, torch.Generator().manual_seed(3))[0, :, 0],
+             "rsample": HyperNetwork(family, 1).run_target(
+                 weights, family.noise(200_000, torch.Generator().manual_seed(2)), lam, op="rsample")[:, 0]}
+    for sampler, y in draws.items():
+        mean, se_mean, var, se_var = _moments(y)
+        assert abs(mean - expected[0]) < 4 * se_mean, (sampler, mean)
+        assert abs(var - expected[1]) < 4 * se_var, (sampler, var)
