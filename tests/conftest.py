@@ -1,14 +1,24 @@
 """Shared fixtures: a real Prefect test server, shrunk params files, a DVC repo in a temp dir, and
-helpers for tests that talk to servers over HTTP."""
+helpers for tests that talk to servers over HTTP.
+
+The suite is hermetic: at import, before torch, matplotlib, MLflow, Prefect or DVC are imported, every
+user cache and config folder they read (TORCH_HOME, HF_HOME, MPLCONFIGDIR, PREFECT_HOME, XDG_*) points
+into one temporary folder for the session, inherited by child processes; telemetry is off; and in this
+process a connection to, or a name lookup of, any host but this one fails as on a machine offline.
+"""
 
 from __future__ import annotations
 
+import atexit
+import errno
+import ipaddress
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -19,8 +29,58 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_FILES = ["flows", "tasks", "models", "dvc.yaml", "params.yaml", ".dvc/plots", ".dvcignore"]
 
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ.pop("MLFLOW_TRACKING_URI", None)
+USER_DIRS = Path(tempfile.mkdtemp(prefix="autophagy-tests-"))
+atexit.register(shutil.rmtree, USER_DIRS, ignore_errors=True)
+for variable, folder in {"TORCH_HOME": "torch", "HF_HOME": "huggingface", "MPLCONFIGDIR": "matplotlib",
+                         "PREFECT_HOME": "prefect", "SCIKIT_LEARN_DATA": "scikit_learn_data",
+                         "XDG_CACHE_HOME": "cache", "XDG_CONFIG_HOME": "config", "XDG_DATA_HOME": "data",
+                         "XDG_STATE_HOME": "state", "DVC_GLOBAL_CONFIG_DIR": "dvc/global",
+                         "DVC_SITE_CACHE_DIR": "dvc/site"}.items():
+    os.environ[variable] = str(USER_DIRS / folder)
+for variable in ("PREFECT_API_URL", "PREFECT_PROFILE", "MLFLOW_TRACKING_URI"):
+    os.environ.pop(variable, None)
+os.environ.update({"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
+                   "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"})
+
+
+def _local(host) -> bool:
+    """True for this machine: loopback or unspecified addresses, localhost, its own host name."""
+    host = host.decode() if isinstance(host, bytes) else host
+    if host is None or host in ("", "localhost", socket.gethostname()):
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+_getaddrinfo, _connect, _connect_ex = socket.getaddrinfo, socket.socket.connect, socket.socket.connect_ex
+
+
+def _offline_getaddrinfo(host, *args, **kwargs):
+    if not _local(host):
+        raise socket.gaierror(socket.EAI_NONAME, f"Name or service not known (the tests are offline): {host}")
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+def _refuse_remote(sock: socket.socket, address) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and not _local(address[0]):
+        raise OSError(errno.ENETUNREACH, f"Network is unreachable (the tests are offline): {address[0]}")
+
+
+def _offline_connect(sock: socket.socket, address) -> None:
+    _refuse_remote(sock, address)
+    return _connect(sock, address)
+
+
+def _offline_connect_ex(sock: socket.socket, address) -> int:
+    _refuse_remote(sock, address)
+    return _connect_ex(sock, address)
+
+
+socket.getaddrinfo, socket.socket.connect, socket.socket.connect_ex = (
+    _offline_getaddrinfo, _offline_connect, _offline_connect_ex)
 
 
 @pytest.fixture(scope="session")

@@ -30,10 +30,21 @@ def test_ple_is_a_fixed_point_in_expectation(n):
     assert abs(mle.mean() - (n - 1) / n * sigma**2) < 4 * mle.std() / math.sqrt(len(mle))
 
 
-def test_sampling_bias_scales_the_variance():
-    model = gaussian.GaussianFit(torch.zeros(4, dtype=torch.float64), torch.full((4,), 2.0, dtype=torch.float64))
-    x = gaussian.sample(model, 100_000, 0.25, torch.Generator().manual_seed(0))
-    assert x.var(dim=1).mean().item() == pytest.approx(0.25 * 4.0, rel=0.02)
+@pytest.mark.parametrize("lam", [1.0, 0.25])
+def test_sampling_bias_scales_the_variance(lam):
+    """Draws of N(mu, lambda sigma^2), four seeds of different mu and sigma: per seed the sample mean lies within
+    4 standard errors of mu, and the sample variance s^2 in the central 99.98% of its law,
+    (n - 1) s^2 / (lambda sigma^2) ~ chi^2(n - 1)."""
+    mu = torch.tensor([0.0, 1.5, -2.0, 10.0], dtype=torch.float64)
+    sigma = torch.tensor([2.0, 0.5, 1.0, 3.0], dtype=torch.float64)
+    n = 100_000
+    x = gaussian.sample(gaussian.GaussianFit(mu, sigma), n, lam, torch.Generator().manual_seed(0))
+    assert x.shape == (4, n) and x.dtype == torch.float64
+    variance = lam * sigma**2
+    assert ((x.mean(dim=1) - mu).abs() < 4 * (variance / n).sqrt()).all(), x.mean(dim=1)
+    low, high = stats.chi2(n - 1).ppf([1e-4, 1 - 1e-4]) / (n - 1)
+    ratio = x.var(dim=1) / variance
+    assert ((low < ratio) & (ratio < high)).all(), (ratio, low, high)
 
 
 def test_true_moments_match_draws():

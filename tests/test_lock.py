@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -19,24 +21,25 @@ from conftest import ROOT, subprocess_env, write_params
 TINY = {"n_samples": 5, "generations": 4, "seeds": 4}
 
 
-def _hold(root, pid: int, run: str = "brave-otter (1234)") -> None:
+def _hold(root, pid: int, run: str = "brave-otter (1234)") -> str:
     lock = root / ".locks/gaussian.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.write_text(json.dumps({"run": run, "host": socket.gethostname(), "pid": pid, "started": "earlier"}))
+    return lock.read_text()
 
 
 def test_a_live_holder_stops_the_second_run_before_it_writes(tmp_path, prefect_api):
     params = write_params(tmp_path, gaussian=TINY)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        _hold(tmp_path, sleeper.pid)
+        held = _hold(tmp_path, sleeper.pid)
         with pytest.raises(LockedError, match=r"gaussian is locked by run brave-otter \(1234\) \(pid \d+"):
             study_flow(study="gaussian", params_file=str(params), root=str(tmp_path))
     finally:
         sleeper.kill()
         sleeper.wait()
     assert not (tmp_path / "data").exists()
-    assert (tmp_path / ".locks/gaussian.lock").exists()  # the holder's lock is left alone
+    assert (tmp_path / ".locks/gaussian.lock").read_text() == held  # the holder's lock is left alone
 
 
 def test_a_stale_lock_is_taken_over_and_released(tmp_path, prefect_api):
@@ -59,16 +62,44 @@ def test_the_lock_is_exclusive_and_released_on_error(tmp_path):
         assert json.loads(path.read_text())["pid"] == os.getpid()
 
 
-def test_two_processes_at_once_both_succeed_or_one_is_refused(tmp_path, prefect_api):
-    params = write_params(tmp_path, gaussian={**TINY, "generations": 30})
+def _files(root) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_second_process_during_a_run_is_refused_in_one_line_and_the_data_stay_whole(tmp_path, prefect_api):
+    """Two command-line runs of one experiment, forced to overlap: the first is stopped (SIGSTOP) as soon as it has
+    written its first sampled generation, then the second runs to its end. The second exits with code 2 and one
+    line on stderr naming the first run's pid, and changes no file; the first, continued, completes; running
+    again resumes from its records (no dataset rewritten) to byte-identical tables."""
+    generations = 6
+    params = write_params(tmp_path, gaussian={**TINY, "generations": generations})
     env = {**subprocess_env(prefect_api), "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "flows.study", "gaussian", str(params)]
-    runs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]
-    results = [(run.wait(timeout=300), run.communicate()[1]) for run in runs]
-    refused = [err for code, err in results if code != 0]
-    assert all(code == 0 for code, _ in results) or (
-        len(refused) == 1 and any(line.startswith("error: gaussian is locked by run")
-                                  for line in refused[0].splitlines())), results
-    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "resuming gaussian/mle at generation 30 of 30" in again.stderr + again.stdout
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        inside = tmp_path / "data/generations/gaussian/mle/gen_001.parquet"
+        deadline = time.monotonic() + 300
+        while not inside.exists():
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.02)
+        first.send_signal(signal.SIGSTOP)
+        tables = tmp_path / "metrics/gaussian"
+        assert first.poll() is None and not tables.exists(), "the first run ended before the second started"
+        before = _files(tmp_path)
+        second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert _files(tmp_path) == before  # the refused run wrote nothing
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=300) == 0, log.read_text()[-3000:]
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert second.returncode == 2 and len(errors) == 1, (second.returncode, second.stderr[-3000:])
+    assert errors[0].startswith(f"error: gaussian is locked by run gaussian (") and f"(pid {first.pid} on " in errors[0]
+
+    stored = {path: path.stat().st_mtime_ns for path in (tmp_path / "data").rglob("*.parquet")}
+    assert len(stored) == 2 * generations  # mle and ple, every generation
+    written = {name: (tables / name).read_bytes() for name in ("per_generation.csv", "curves.csv", "summary.json")}
+    study_flow(study="gaussian", params_file=str(params), root=str(tmp_path))
+    assert {path: path.stat().st_mtime_ns for path in stored} == stored
+    assert {name: (tables / name).read_bytes() for name in written} == written

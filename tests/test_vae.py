@@ -30,14 +30,37 @@ def test_negative_elbo_matches_torch_distributions():
     torch.testing.assert_close(vae.nll(x, noise), (recon + kl).mean())
 
 
-def test_samples_are_images_and_the_latent_is_scaled_by_the_sampling_bias():
+def _linear_vae(latent: int = 3) -> VAE:
+    """A VAE without hidden layers: logit(sample) = W z + b, so each sample's latent z can be read back."""
     torch.manual_seed(0)
-    vae = VAE((8, 8), VAEConfig(hidden=16, latent=3))
-    noise = vae.noise(500, torch.Generator().manual_seed(2))
-    full, narrow = vae.rsample(noise, 1.0), vae.rsample(noise, 0.01)
-    assert full.shape == (500, 8, 8) and 0 <= full.min() and full.max() <= 1
-    assert narrow.var(dim=0).sum() < full.var(dim=0).sum()  # z ~ N(0, 0.01 I) varies less
-    torch.testing.assert_close(vae.rsample(noise * 0.1, 1.0), narrow)
+    return VAE((8, 8), VAEConfig(latent=latent, depth=0))
+
+
+def _latents(vae: VAE, images: torch.Tensor) -> torch.Tensor:
+    """The z (..., latent) with sigmoid(W z + b) = images (..., 8, 8), by least squares in float64."""
+    (decoder,) = vae.decoder
+    y = torch.logit(images.double().flatten(-2)) - decoder.bias.detach().double()
+    return y @ torch.linalg.pinv(decoder.weight.detach().double()).T
+
+
+def _assert_standard_normal_times(z: torch.Tensor, lam: float) -> None:
+    """Each column of z (n, k) has mean 0 and variance lam: within 4 standard errors, from N(0, lam) for the
+    mean and from (n - 1) s^2 / lam ~ chi^2(n - 1) (so sd(s^2) = lam sqrt(2 / (n - 1))) for the variance."""
+    n = z.shape[0]
+    assert (z.mean(0).abs() < 4 * (lam / n) ** 0.5).all(), z.mean(0)
+    assert ((z.var(0) - lam).abs() < 4 * lam * (2 / (n - 1)) ** 0.5).all(), z.var(0)
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.25])
+def test_samples_are_images_and_the_latent_is_scaled_by_the_sampling_bias(lam):
+    """rsample(noise, lambda) decodes z ~ N(0, lambda I): the latents read back from the images through a linear
+    decoder have variance lambda, and decoding them gives the images again."""
+    vae = _linear_vae()
+    images = vae.rsample(vae.noise(20_000, torch.Generator().manual_seed(2)), lam).detach()
+    assert images.shape == (20_000, 8, 8) and 0 <= images.min() and images.max() <= 1
+    z = _latents(vae, images)
+    torch.testing.assert_close(torch.sigmoid(vae.decoder(z.float())), images.flatten(1), rtol=0, atol=1e-5)
+    _assert_standard_normal_times(z, lam)
 
 
 def test_direct_training_lowers_the_elbo_and_is_reproducible():
@@ -56,14 +79,20 @@ def test_direct_training_lowers_the_elbo_and_is_reproducible():
     assert not torch.equal(a[0], a[1])  # the seeds are separate models
 
 
-def test_samples_drawn_in_batches_equal_one_batch():
-    x = _digits()
-    make = lambda: VAE((8, 8), VAEConfig(hidden=16, latent=3))  # noqa: E731
-    fitted = fit_direct(make, x, PLEConfig(steps=5), torch.Generator().manual_seed(0))
-    one = sample_weights(make(), fitted.estimate, 30, 1.0, torch.Generator().manual_seed(4), batch_size=30)
-    many = sample_weights(make(), fitted.estimate, 30, 1.0, torch.Generator().manual_seed(4), batch_size=7)
-    assert one.shape == many.shape == (2, 30, 8, 8)
-    assert not torch.equal(one, many)  # noise is drawn per batch and seed; both are valid draws
+def test_samples_drawn_in_batches_are_fresh_draws_of_the_same_law():
+    """sample_weights in batches of 7 (n not a multiple) and in one batch: the same shapes; the same batch size and
+    generator give identical samples; the latents read back from two seeds of identical weights are all different
+    (no batch or seed reuses noise) and are N(0, lambda I) in both cases, within 4 standard errors."""
+    vae, n, lam = _linear_vae(), 2000, 0.5
+    weights = {name: p.detach().expand(2, *p.shape) for name, p in vae.named_parameters()}
+    draw = lambda size: sample_weights(vae, weights, n, lam, torch.Generator().manual_seed(4), batch_size=size)  # noqa: E731
+    one, many = draw(n), draw(7)
+    assert one.shape == many.shape == (2, n, 8, 8)
+    assert torch.equal(many, draw(7))
+    for samples in (one, many):
+        z = _latents(vae, samples).reshape(2 * n, 3)
+        assert torch.pdist(z).min() > 1e-3, "two samples share their noise"
+        _assert_standard_normal_times(z, lam)
 
 
 @pytest.mark.parametrize("batch_norm", [False, True])
