@@ -1,0 +1,77 @@
+"""Per-module summary of a mutmut run: mutants generated, killed, survived, timed out and other outcomes.
+
+Reads the results mutmut 3 keeps next to each mutated file (mutants/<path>.meta); run from the project root:
+
+    python tests/mutation/summary.py                    # the table
+    python tests/mutation/summary.py --list survived    # and the names of the surviving mutants per module
+    python tests/mutation/summary.py --diffs            # the diff of every surviving mutant
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+from mutmut.stats import status_by_exit_code
+
+COLUMNS = ("killed", "survived", "timeout")
+
+
+def load(root: Path = Path("mutants")) -> dict[str, dict[str, str]]:
+    """{module path: {mutant name: status}} for every mutated file under root."""
+    return {
+        str(meta.relative_to(root))[: -len(".meta")]: {
+            name: status_by_exit_code[code] for name, code in json.loads(meta.read_text())["exit_code_by_key"].items()
+        }
+        for meta in sorted(root.rglob("*.py.meta"))
+    }
+
+
+def table(results: dict[str, dict[str, str]]) -> str:
+    width = max(map(len, [*results, "total"]))
+    header = f"{'module':<{width}}  generated  " + "  ".join(f"{c:>8}" for c in (*COLUMNS, "other")) + "  score"
+    rows, total = [header, "-" * len(header)], Counter()
+
+    def row(name: str, counts: Counter) -> str:
+        n = sum(counts.values())
+        other = n - sum(counts[c] for c in COLUMNS)
+        tested = counts["killed"] + counts["timeout"] + counts["survived"]
+        score = f"{100 * (counts['killed'] + counts['timeout']) / tested:5.1f}%" if tested else "    -"
+        return f"{name:<{width}}  {n:>9}  " + "  ".join(f"{counts[c]:>8}" for c in COLUMNS) + f"  {other:>8}  {score}"
+
+    for module, statuses in results.items():
+        counts = Counter(statuses.values())
+        total += counts
+        rows.append(row(module, counts))
+    rows += ["-" * len(header), row("total", total)]
+    others = {s: k for s, k in total.items() if s not in COLUMNS}
+    if others:
+        rows.append("other: " + ", ".join(f"{k} {s}" for s, k in sorted(others.items())))
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--list", metavar="STATUS", help="list the mutants with this status per module (e.g. survived)")
+    parser.add_argument("--diffs", action="store_true", help="print the diff of every surviving mutant")
+    args = parser.parse_args()
+    results = load()
+    if not results:
+        raise SystemExit("no mutmut results under mutants/; run `make mutate` first")
+    print(table(results))
+    if args.list:
+        for module, statuses in results.items():
+            names = [name for name, status in statuses.items() if status == args.list]
+            print(f"\n{module}: {len(names)} {args.list}", *(f"  {name}" for name in names), sep="\n")
+    if args.diffs:
+        from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+        for module, statuses in results.items():
+            for name in (name for name, status in statuses.items() if status == "survived"):
+                print(f"\n# {name}: survived\n{get_diff_for_mutant(name, path=module)}")
+
+
+if __name__ == "__main__":
+    main()
