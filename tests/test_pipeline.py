@@ -30,8 +30,21 @@ def _dvc(repo: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
 def test_dvc_repro_versions_every_generation_and_tracks_it(project_copy, prefect_api):
     repo, env = project_copy, subprocess_env(prefect_api)
     write_params(repo, **SMALL)
+    before = {p.relative_to(repo) for p in repo.rglob("*") if p.is_file()}
     _dvc(repo, env, "repro", "gaussian")
     folder = repo / "data/generations/gaussian"
+
+    # Every declared out, metric and plot exists; every file written lies under one of them, the MLflow
+    # store, the locks or DVC's and git's own files. (That the stage declares the code it imports is
+    # tests/test_registry.py's static check.)
+    stage = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["gaussian"]
+    outs = [next(iter(o)) if isinstance(o, dict) else o for kind in ("outs", "metrics", "plots") for o in stage.get(kind, [])]
+    assert all((repo / out).exists() for out in outs), outs
+    written = {p.relative_to(repo) for p in repo.rglob("*") if p.is_file()} - before
+    undeclared = [str(p) for p in written if p.parts[0] not in (".mlflow", ".locks", ".dvc", ".git")
+                  and str(p) != "dvc.lock" and p.name != ".gitignore" and "__pycache__" not in p.parts
+                  and not any(str(p) == out or str(p).startswith(f"{out}/") for out in outs)]
+    assert not undeclared, undeclared
 
     # A second repro with nothing changed does nothing.
     stamp = (repo / "metrics/gaussian/summary.json").stat().st_mtime_ns
@@ -154,3 +167,5 @@ def test_changed_params_start_over(tmp_path, prefect_api):
         f"gen_{g:03d}.parquet" for g in range(4)]
     # Same seed and sample size: the first four generations agree with the longer run.
     pd.testing.assert_frame_equal(first[first.generation < 4].reset_index(drop=True), second)
+
+
