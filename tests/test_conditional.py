@@ -1,4 +1,4 @@
-"""The conditional VAE, the per-point loss weights and selective fine-tuning's mask."""
+"""The conditional VAE, the per-point loss weights and selective fine-tuning's mask (hand-computed selections)."""
 
 from __future__ import annotations
 
@@ -88,6 +88,53 @@ def test_selection_mask_keeps_top_k_percent_and_masked_entries_never_move():
         assert torch.equal(p[~keep], old[~keep])
         if keep.any():
             assert not torch.equal(p[keep], old[keep])
+
+
+class SplitLinear(torch.nn.Module):
+    """logits (0, x . theta) of rows x (N, 6) with theta = (w.flatten(), v), zero at the start: both classes
+    have probability 1/2, so dL/dtheta_j = mean_i (1/2 - y_i) x_ij, half the mean feature when every y_i = 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.w, self.v = torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.zeros(len(x)), x[:, :4] @ self.w.flatten() + x[:, 4:] @ self.v], dim=1)
+
+
+def test_selection_mask_updates_the_entries_most_sensitive_to_bias_and_least_to_the_domain():
+    """Hand case, entries j = w00 w01 w10 w11 v0 v1, every y = 0. D_g: rows a and 0, balancing weights 3 and 1;
+    D_0: the row r. Gradients: g(D_g) = a / 4, g(D_g balanced) = 3 a / 8, g(D_0) = r / 2.
+
+        a                     0  32  24 -16  48  -8
+        r                     0  18  24  -8  34 -10
+        g(D_g)                0   8   6  -4  12  -2
+        g(D_g balanced)       0  12   9  -6  18  -3
+        g(D_0)                0   9  12  -4  17  -5
+        b = |bal - D_g|       0   4   3   2   6   1
+        d = |D_0 - D_g|       0   1   6   0   5   3
+        score b - d           0   3  -3   2   1  -2
+
+    top_k 50 %: the 3 largest scores, w01 w11 v0. Ranked otherwise the set differs: d - b {w00 w10 v1},
+    b alone {w01 w10 v0}, b + d {w01 w10 v0}, -d {w00 w01 w11}, without the absolute values {w01 v0 v1},
+    with b = |bal - D_0| {w00 w01 w11}, with d = |D_0 - bal| {w00 w01 v0}. top_k 1 % still updates one entry."""
+    a = torch.tensor([[0.0, 32, 24, -16, 48, -8]])
+    r = torch.tensor([[0.0, 18, 24, -8, 34, -10]])
+    data = (torch.cat([a, torch.zeros(1, 6)]), torch.zeros(2, dtype=torch.long))
+    real = (r, torch.zeros(1, dtype=torch.long))
+    mask = selection_mask(SplitLinear(), real, data, torch.tensor([3.0, 1.0]), top_k=50.0)
+    assert set(mask) == {"w", "v"}
+    assert torch.equal(mask["w"], torch.tensor([[0.0, 1], [0, 1]])) and torch.equal(mask["v"], torch.tensor([1.0, 0]))
+    one = selection_mask(SplitLinear(), real, data, torch.tensor([3.0, 1.0]), top_k=1.0)
+    assert torch.equal(one["w"], torch.tensor([[0.0, 1], [0, 0]])) and not one["v"].any()
+
+
+def test_selection_mask_breaks_ties_by_the_earlier_entry():
+    """D_0 = D_g and equal weights: every gradient difference is 0, all six scores tie at 0, and top_k 50 %
+    updates the first three entries in parameter order (w00 w01 w10)."""
+    data = (torch.arange(12.0).view(2, 6), torch.tensor([0, 1]))
+    mask = selection_mask(SplitLinear(), data, data, torch.ones(2), top_k=50.0)
+    assert torch.equal(mask["w"], torch.tensor([[1.0, 1], [1, 0]])) and not mask["v"].any()
 
 
 def test_full_mask_selects_everything():

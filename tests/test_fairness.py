@@ -1,8 +1,10 @@
-"""Group fairness metrics against fairlearn, hand-counted cases, seed batching and AIM-Fair's seed aggregation."""
+"""Group fairness metrics against fairlearn, hand-counted cases, seed batching, AIM-Fair's seed aggregation, and
+the upweight and oversample repairs' group weights and shares."""
 
 from __future__ import annotations
 
 from fractions import Fraction
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +14,12 @@ from fairlearn.metrics import (
 )
 from sklearn.metrics import accuracy_score
 
+from models.conditional import RowWeighted
+from models.ple import Fitted
+from tasks.loop import Dataset
+from tasks.studies.fairness import study as fairness_study
 from tasks.studies.fairness.group_metrics import aggregate_over_seeds, batched_group_metrics, group_metrics
+from tasks.studies.fairness.params import FairnessParams
 
 GROUP_ACCS = ("acc_y0_s0", "acc_y0_s1", "acc_y1_s0", "acc_y1_s1")
 KEYS = {"acc", "eo", "eo_max", "wga", *GROUP_ACCS}
@@ -208,3 +215,91 @@ def test_empty_group():
         group_metrics(y, yhat, s)
     with pytest.raises(ValueError, match=r"group y=0, s=1 is empty"):
         batched_group_metrics(y, yhat[None], s)
+
+
+# Two seeds' D_g of 10 rows, 2x2 images: group 2 y + s of each row; s = 1 is drawn inverted (all pixels 255).
+# Seed A: (0, 0) x6, (0, 1) x1, (1, 1) x3, no (1, 0). Seed B: (0, 0) x4, (0, 1) x2, (1, 0) x1, (1, 1) x3.
+GROUPS_A = [0, 3, 0, 1, 0, 3, 0, 0, 3, 0]
+GROUPS_B = [1, 0, 3, 2, 0, 3, 1, 0, 3, 0]
+
+
+def fairness_rows(groups: list[list[int]]) -> torch.Tensor:
+    """uint8 rows (S, N, 4 + 1) (pixels..., y) with the given groups 2 y + s."""
+    g = torch.tensor(groups)
+    return torch.cat([(255 * (g % 2))[..., None].expand(-1, -1, 4), (g // 2)[..., None]], dim=-1).to(torch.uint8)
+
+
+def group_totals(groups: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Sum of the weights of each group per seed: (S, 4)."""
+    return torch.zeros(len(groups), 4, dtype=weights.dtype).scatter_add_(1, groups, weights)
+
+
+def repaired(method: str, rows: torch.Tensor, monkeypatch) -> tuple[object, torch.Tensor, Fitted]:
+    """FairnessStudy.fit by upweight or oversample with the generator's training replaced by a recorder:
+    what it would train (make_target, data) and the returned fit."""
+    calls = []
+
+    def record(make_target, x, config, generator, device):
+        calls.append((make_target, x))
+        return Fitted({"base.w": torch.zeros(len(x))})
+
+    monkeypatch.setattr(fairness_study, "fit_direct", record)
+    params = FairnessParams(n_samples=rows.shape[1], generations=1, seeds=len(rows))
+    study = fairness_study.FairnessStudy(params, 0, SimpleNamespace(images=torch.zeros(1, 2, 2)), None,
+                                         torch.device("cpu"))
+    data = Dataset(rows, torch.ones(rows.shape[1], dtype=torch.bool))
+    fitted = study.fit(data, method, torch.Generator().manual_seed(0))
+    (make_target, x), = calls
+    return make_target, x, fitted
+
+
+def test_balancing_weights_give_every_present_group_the_same_total_weight():
+    """w_i = 1 / (size of i's group in its seed), scaled to mean 1: each of the G present groups totals N / G.
+    Seed A: 1/6, 1, 1/3 over their mean 3/10 -> 5/9, 10/3, 10/9 per row; totals 10/3, 10/3, 0, 10/3.
+    Seed B: sizes 4, 2, 1, 3: 1/4, 1/2, 1, 1/3 over their mean 4/10 -> 5/8, 5/4, 5/2, 5/6; totals 5/2 each."""
+    weights = fairness_study.balancing_weights(fairness_rows([GROUPS_A, GROUPS_B]), (2, 2))
+    per_group = torch.tensor([[5 / 9, 10 / 3, 0.0, 10 / 9], [5 / 8, 5 / 4, 5 / 2, 5 / 6]])
+    groups = torch.tensor([GROUPS_A, GROUPS_B])
+    torch.testing.assert_close(weights, per_group.gather(1, groups))
+    torch.testing.assert_close(group_totals(groups, weights), torch.tensor([[10 / 3, 10 / 3, 0, 10 / 3], [2.5] * 4]))
+
+
+def test_upweight_trains_on_balancing_weights_so_every_group_weighs_the_same_in_the_loss(monkeypatch):
+    """upweight hands the generator's training each row with its balancing weight appended, for a RowWeighted
+    target, and the weighted loss sum_i w_i l_i / sum_i w_i is the mean over the present groups of each
+    group's mean row loss. Row losses l_i = i (row index 0..9), seed A: (0, 0) rows 0 2 4 6 7 9, mean 14/3;
+    (0, 1) row 3; (1, 1) rows 1 5 8, mean 14/3 -> (14/3 + 3 + 14/3) / 3 = 37/9 (the plain mean is 4.5).
+    Seed B: (0, 0) rows 1 4 7 9 -> 21/4; (0, 1) rows 0 6 -> 3; (1, 0) row 3; (1, 1) rows 2 5 8 -> 5;
+    (21/4 + 3 + 3 + 5) / 4 = 65/16, whatever the scale of the weights."""
+    rows = fairness_rows([GROUPS_A, GROUPS_B])
+    make_target, x, fitted = repaired("upweight", rows, monkeypatch)
+    assert isinstance(make_target(), RowWeighted) and list(fitted.estimate) == ["w"]
+    torch.testing.assert_close(x[..., :-1], fairness_study.ad.rows_to_float(rows))  # the rows themselves, in order
+    weights = x[..., -1]
+    torch.testing.assert_close(weights, fairness_study.balancing_weights(rows, (2, 2)))
+
+    class RowIndexLoss(torch.nn.Module):
+        def row_nll(self, x, noise):
+            return torch.arange(len(x), dtype=x.dtype)
+
+    loss = RowWeighted(RowIndexLoss())
+    assert [float(loss.nll(seed)) for seed in x] == pytest.approx([37 / 9, 65 / 16], abs=1e-6)
+    tripled = torch.cat([x[..., :-1], 3 * x[..., -1:]], dim=-1)  # normalised by sum_i w_i, not by N
+    assert [float(loss.nll(seed)) for seed in tripled] == pytest.approx([37 / 9, 65 / 16], abs=1e-6)
+
+
+def test_oversample_redraws_n_rows_with_equal_expected_group_shares_and_no_absent_group(monkeypatch):
+    """oversample hands the generator's training N = |D_g| rows drawn from each seed's own D_g with
+    probabilities proportional to the balancing weights: every present group's expected share is 1 / G
+    (seed A: 1/3 for (0, 0), (0, 1), (1, 1); seed B: 1/4 each), and the group absent from seed A stays absent.
+    1,000 seeds of each kind, 10,000 draws: a share's standard error is at most 0.005; the tolerance 0.02 is
+    4 of them (plain resampling would give A 0.6, 0.1, 0, 0.3)."""
+    rows = fairness_rows([GROUPS_A, GROUPS_B] * 1000)
+    _, x, _ = repaired("oversample", rows, monkeypatch)
+    assert x.shape == (2000, 10, 5)
+    drawn = (2 * x[..., -1] + (x[..., :-1].mean(-1) > 0.5)).long()
+    shares = torch.nn.functional.one_hot(drawn, 4).double()
+    share_a, share_b = shares[0::2].mean((0, 1)), shares[1::2].mean((0, 1))
+    assert share_a[2] == 0
+    assert share_a.tolist() == pytest.approx([1 / 3, 1 / 3, 0, 1 / 3], abs=0.02)
+    assert share_b.tolist() == pytest.approx([1 / 4] * 4, abs=0.02)

@@ -1,6 +1,9 @@
-"""Frechet distances against theory, the offline Inception paths, precision/recall, the reference classifier."""
+"""Frechet distances against theory, the offline Inception paths, precision/recall, the minority ratio, the
+reference classifier."""
 
 from __future__ import annotations
+
+import socket
 
 import numpy as np
 import pytest
@@ -9,12 +12,16 @@ from pytorch_fid.inception import InceptionV3
 from sklearn.datasets import load_digits
 
 from models.classifier import accuracy, train_classifier
+from models.ple import Fitted
 from tasks.infra.checkpoints import load_classifier, save_classifier
 from tasks.errors import CorruptDataError, InputUnavailableError
+from tasks.loop import Dataset
 from tasks.studies.images.fid import classifier_extractor, extract_features, frechet_distance, precision_recall
 from tasks.studies.images.inception import (
     INCEPTION_WEIGHTS, fid_inception, inception_extractor, inception_weights_path, random_inception,
 )
+from tasks.studies.images.params import ImageParams
+from tasks.studies.images.study import ImageStudy
 
 CPU = torch.device("cpu")
 
@@ -112,14 +119,38 @@ def test_extract_features_batches_match_one_pass_and_accept_channels(digits, cla
         extract_features(classifier_extractor(classifier, CPU), images.float(), device=CPU)
 
 
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
 @pytest.fixture
 def offline_hub(tmp_path, monkeypatch):
-    """An empty TORCH_HOME, and any download attempt fails the test."""
-    def no_download(*args, **kwargs):
-        raise AssertionError(f"network download attempted: {args}")
+    """TORCH_HOME and torch hub's directory in an empty temporary folder (never the user's cache); a torch hub
+    download or a connection to a non-local host fails the test, even where the caller catches the error."""
+    attempts = []
+
+    def refuse(what):
+        attempts.append(what)
+        raise AssertionError(f"network access attempted: {what}")
+
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        if host not in LOCAL_HOSTS and host is not None:
+            refuse(f"resolve {host}")
+        return getaddrinfo(host, *args, **kwargs)
+
+    def guarded_connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in LOCAL_HOSTS:
+            refuse(f"connect {address}")
+        return connect(sock, address)
+
+    getaddrinfo, connect = socket.getaddrinfo, socket.socket.connect
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    return tmp_path
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # a set_dir elsewhere would win over TORCH_HOME
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, *args, **kwargs: refuse(f"download {url}"))
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    assert torch.hub.get_dir() == str(tmp_path / "hub")
+    yield tmp_path
+    assert not attempts, f"network access attempted: {attempts}"
 
 
 def test_inception_extractor_without_weights_names_the_file_and_does_not_download(offline_hub):
@@ -132,7 +163,7 @@ def test_inception_extractor_without_weights_names_the_file_and_does_not_downloa
     assert not path.parent.exists()
 
 
-def test_random_inception_gives_pool3_features_of_grey_images(digits):
+def test_random_inception_gives_pool3_features_of_grey_images(offline_hub, digits):
     torch.manual_seed(0)
     features = extract_features(random_inception(CPU), digits[0][:4], device=CPU)
     assert features.shape == (4, 2048) and np.isfinite(features).all()
@@ -166,6 +197,64 @@ def test_precision_recall_of_identical_and_disjoint_sets():
     assert precision_recall(two_modes, two_modes[:150], k=3) == (1.0, 0.5)  # one mode dropped
     with pytest.raises(ValueError, match="k=300"):
         precision_recall(real, real, k=300)
+
+
+def test_precision_recall_by_hand_balls_reach_the_kth_nearest_other_point_boundary_included():
+    """1-D hand case, k = 2: each ball's radius is the distance to the 2nd nearest other point of its own set.
+
+    real 0, 1, 3, 6, 10: distances to the others 0: 1 3 6 10 | 1: 1 2 5 9 | 3: 2 3 3 7 | 6: 3 4 5 6 | 10: 4 7 9 10,
+    radii (2nd) 3 2 3 4 7, balls [-3, 3] [-1, 3] [0, 6] [2, 10] [3, 17]: fakes -3 (on the boundary), -2, -1 are
+    inside, -6 is not: precision 3/4.
+    fake -6, -3, -2, -1: distances 6: 3 4 5 | -3: 1 2 3 | -2: 1 1 4 | -1: 1 2 5, radii 4 2 1 2, balls [-10, -2]
+    [-5, -1] [-3, -1] [-3, 1]: reals 0 and 1 (on the boundary) inside, 3, 6, 10 not: recall 2/5.
+    Every neighbour off by one changes both: the 1st neighbour (the point itself counted as one of the k)
+    gives radii 1 1 2 3 4 | 3 1 1 1 and (1/4, 1/5); the 3rd gives 6 5 3 5 9 | 5 3 4 5 and (1, 3/5);
+    open balls (< instead of <=) give (1/2, 1/5). Swapping the sets swaps the two numbers; the order of the
+    points does not matter.
+    """
+    real, fake = np.array([[0.0], [1], [3], [6], [10]]), np.array([[-6.0], [-3], [-2], [-1]])
+    assert precision_recall(real, fake, k=2) == (0.75, 0.4)
+    assert precision_recall(fake, real, k=2) == (0.4, 0.75)  # the roles swap with the sets
+    assert precision_recall(real[[3, 0, 4, 1, 2]], fake[[2, 0, 3, 1]], k=2) == (0.75, 0.4)  # in any order
+
+
+class LabelledStudy(ImageStudy):
+    """An image study whose samples are given label maps: the reference classifier reads an image's
+    label from its first pixel, features are fixed random vectors; no generator, no classifier."""
+
+    def sample(self, model, n, sampling_bias, generator):
+        return model.estimate
+
+    def predict(self, images):
+        return images[:, 0, 0].long()
+
+    def features(self, images):
+        return np.random.default_rng(int(images.sum())).normal(size=(len(images), 2))
+
+    @property
+    def reference_features(self):
+        return np.random.default_rng(0).normal(size=(40, 2)), None
+
+    def data_loss(self, model, x):
+        return torch.zeros(len(x))
+
+
+def test_minority_ratio_is_the_minority_share_over_its_real_share_and_share_other_the_off_class_share():
+    """classes 3, 8, 6 at 0.5, 0.2, 0.3: the minority is 8 (the smallest proportion, neither the first class
+    nor the smallest label), real share 0.2. Labels of 10 samples per seed and the expected ratios:
+    seed 0: five 3s, three 8s, one 6, one 1 -> 0.3 / 0.2 = 1.5 (share_other 0.1); seed 1: six 3s, one 8,
+    three 6s -> 0.1 / 0.2 = 0.5; seed 2: no 8 -> 0; seed 3: two 8s -> 0.2 / 0.2 = 1 (fair)."""
+    params = ImageParams(dataset="digits", classes=[3, 8, 6], proportions=[0.5, 0.2, 0.3], n_samples=10,
+                         generations=1, seeds=4, eval_samples=10)
+    assert params.minority == 8
+    labels = torch.tensor([[3, 3, 3, 3, 3, 8, 8, 8, 6, 1], [3, 3, 3, 3, 3, 3, 8, 6, 6, 6],
+                           [3, 3, 3, 3, 3, 6, 6, 6, 6, 6], [8, 8, 3, 3, 3, 3, 3, 6, 6, 6]], dtype=torch.uint8)
+    images = labels[..., None, None].expand(-1, -1, 8, 8)
+    study = LabelledStudy(params=params, experiment="digits", train=None, reference=None, classifier=None,
+                          classifier_md5="", inception=None, device=CPU)
+    metrics = study.evaluate(Fitted(images), Dataset(images, torch.ones(10, dtype=torch.bool)))
+    assert metrics["minority_ratio"].tolist() == pytest.approx([1.5, 0.5, 0.0, 1.0], abs=1e-12)
+    assert metrics["share_other"].tolist() == pytest.approx([0.1, 0.0, 0.0, 0.0], abs=1e-12)
 
 
 def test_classifier_learns_digits(digits, split, classifier):
