@@ -13,6 +13,7 @@ from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from flows.study import study_flow
 from flows.sweep import main, sweep_flow
 from tasks.infra import storage
 
@@ -73,6 +74,17 @@ def test_thread_sweep_runs_every_point_and_resumes(tmp_path, prefect_api, mlflow
         params = yaml.safe_load((tmp_path / "sweeps/tiny" / slug / "params.yaml").read_text())
         method, mode = (part.split("=")[1] for part in slug.split(","))
         assert params["gaussian"]["methods"] == [method] and params["loop"]["mode"] == mode
+
+    # A point equals the study run alone with the point's params written by hand.
+    alone = tmp_path / "alone"
+    write_params(alone, loop={"mode": "accumulate"}, gaussian={**TINY["gaussian"], "methods": ["ple"]})
+    study_flow(study="gaussian", params_file=str(alone / "params.yaml"), root=str(alone))
+    point = tmp_path / "sweeps/tiny" / slugs[-1]
+    for g in range(3):
+        assert storage.md5(storage.dataset_path(point / "data/generations/gaussian/ple", g)) == \
+            storage.md5(storage.dataset_path(alone / "data/generations/gaussian/ple", g))
+    pd.testing.assert_frame_equal(pd.read_csv(point / "metrics/gaussian/per_generation.csv"),
+                                  pd.read_csv(alone / "metrics/gaussian/per_generation.csv"))
 
     kept = sorted((tmp_path / "sweeps/tiny").rglob("*.parquet"))
     stamps = [path.stat().st_mtime_ns for path in kept]
