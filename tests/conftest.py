@@ -23,6 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -133,6 +134,26 @@ def subprocess_env(prefect_api: str | None = None) -> dict[str, str]:
     if prefect_api:
         env["PREFECT_API_URL"] = prefect_api
     return env
+
+
+def figure_pixels(path: Path, inches: tuple[float, float], dpi: int = 110) -> np.ndarray:
+    """The RGB pixels (height, width, 3) of the PNG at `path`, checked to be a figure of `inches` (width,
+    height) saved at `dpi` (tasks.outputs.figures.save): exactly that many pixels each way."""
+    from matplotlib.image import imread
+
+    pixels = imread(path)[..., :3]
+    assert pixels.shape[:2] == (round(inches[1] * dpi), round(inches[0] * dpi)), (path, pixels.shape)
+    return pixels
+
+
+def ink(pixels: np.ndarray) -> float:
+    """Share of pixels that differ from the background (the top-left pixel)."""
+    return float((np.abs(pixels - pixels[0, 0]).sum(-1) > 0.1).mean())
+
+
+def colour(pixels: np.ndarray) -> float:
+    """Share of coloured (not grey) pixels: curves and bands, not text, axes or grid."""
+    return float((pixels.max(-1) - pixels.min(-1) > 0.2).mean())
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ from flows.study import study_flow
 from models.distributions import FAMILIES, draw_true
 from models.hypernet import HyperNetwork
 
-from conftest import write_params
+from conftest import colour, figure_pixels, write_params
 
 def _moments(x: torch.Tensor) -> tuple[float, float, float, float]:
     """Sample mean and variance with their standard errors (the latter from the fourth central moment)."""
@@ -80,7 +80,8 @@ def test_grid_flow_estimates_every_family(tmp_path, prefect_api):
     rate = exp[exp.metric == "rate"].set_index(["method", "seed", "generation"]).value
     bias = exp[exp.metric == "rate_bias"].set_index(["method", "seed", "generation"]).value
     assert ((rate - bias) - 1.0).abs().max() < 1e-9
-    assert (tmp_path / "figures/grid/parameters.png").stat().st_size > 10_000
+    # 1 + 5 parameter panels (rate; weight_1, mean_1, mean_2, std_1, std_2), 4 to a row
+    assert colour(figure_pixels(tmp_path / "figures/grid/parameters.png", (4.2 * 4, 3.2 * 2))) > 0.005
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))

@@ -9,7 +9,7 @@ import subprocess
 
 import pandas as pd
 
-from conftest import ROOT, run, subprocess_env
+from conftest import ROOT, colour, figure_pixels, run, subprocess_env
 
 BLOCK = re.compile(r"^```(\w+) (file=\S+|append=\S+|patch=\S+|run)\n(.*?)^```$", re.M | re.S)
 
@@ -48,6 +48,6 @@ def test_following_the_guide_adds_a_study_that_dvc_runs(project_copy, prefect_ap
     first = tidy[(tidy.method == "mle") & (tidy.generation == 0)].pivot(index="seed", columns="metric", values="value")
     assert len(first) == 4 and (first.mu_hat - 2.0).abs().max() < 5 * 0.5 / 50**0.5
     assert ((first.sigma_ratio - 1.0).abs() < 5 / (2 * 50) ** 0.5).all()
-    assert (repo / "figures/points/curves.png").stat().st_size > 0
+    assert colour(figure_pixels(repo / "figures/points/curves.png", (5.2 * 2, 4))) > 0.005  # mu_hat, sigma_ratio
     status = run(["dvc", "status", "points"], repo, env).stdout
     assert "changed" not in status  # the stage and its outputs are recorded

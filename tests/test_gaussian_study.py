@@ -15,7 +15,7 @@ import pytest
 from flows.study import study_flow
 from models.gaussian import expected_mle_variance
 
-from conftest import write_params
+from conftest import colour, figure_pixels, write_params
 
 CASES = [  # n, generations, sampling bias: short chains for small n, whose PLE runs get heavy-tailed
     (5, 10, 1.0),
@@ -84,4 +84,5 @@ def test_outputs_are_tidy_and_complete(tmp_path, prefect_api):
     pd.testing.assert_frame_equal(on_disk, tidy, check_dtype=False)
     curves = pd.read_csv(tmp_path / "metrics/gaussian/curves.csv")
     assert {"sigma_hat_mean", "sigma_hat_se", "sigma_hat_median"} <= set(curves.columns)
-    assert (tmp_path / "figures/gaussian/sigma_hat_sigma2_hat.png").stat().st_size > 10_000
+    figure = figure_pixels(tmp_path / "figures/gaussian/sigma_hat_sigma2_hat.png", (5.2 * 2, 4))  # two panels
+    assert colour(figure) > 0.005  # mean lines and SE bands drawn

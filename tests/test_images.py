@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,9 +19,11 @@ from flows.study import study_flow
 from tasks.studies import load_params
 from tasks.studies.images.study import build
 from tasks.infra import storage
+from tasks.infra.checkpoints import load_classifier
+from tasks.studies.images.fid import extract_features
 from tasks.errors import ParamsError
 
-from conftest import ROOT, subprocess_env, write_params
+from conftest import ROOT, colour, figure_pixels, ink, subprocess_env, write_params
 
 TINY = {"n_samples": 60, "generations": 2, "seeds": 2, "eval_samples": 60,
         "classifier": {"features": 16, "epochs": 8, "batch_size": 64, "lr": 0.003},
@@ -42,7 +45,10 @@ def test_reference_classifier_is_accurate_and_versioned(digits_run):
     assert accuracy > 0.8  # 8 epochs on ~1260 digits; the default settings reach about 0.97
     report = json.loads((root / "metrics/reference/digits.json").read_text())
     assert report["test_accuracy"] == accuracy and set(report["test_accuracy_by_class"]) == {"3", "6"}
-    assert (root / "data/reference/digits/classifier.pt").stat().st_size > 1000
+    study, = build(load_params(root / "params.yaml"), root, "digits", "digits")
+    classifier = load_classifier(root / "data/reference/digits/classifier.pt")  # the stored file, read back
+    logits = extract_features(classifier, study.reference.images, device=torch.device("cpu"))
+    assert (torch.from_numpy(logits.argmax(1)) == study.reference.labels).double().mean() > 0.8
 
 
 def test_generations_store_uint8_images_with_their_shape(digits_run):
@@ -57,12 +63,19 @@ def test_generations_store_uint8_images_with_their_shape(digits_run):
 
 
 def test_real_draw_has_exact_class_counts(digits_run):
+    """D_0 of each seed holds exactly 54 threes and 6 sixes (n = 60 at 0.9 : 0.1), read from the labels of the
+    training images they are; the held-out reference holds 55 threes and 6 sixes (all 55 held-out 3s at 0.9)."""
     root, _, _ = digits_run
     study, = build(load_params(root / "params.yaml"), root, "digits", "digits")
-    labels = study.predict(storage.read_dataset(storage.dataset_path(root / "data/generations/digits/mle", 0)).values[0])
-    counts = torch.bincount(labels, minlength=10)
-    assert abs(int(counts[3]) - 54) <= 3 and abs(int(counts[6]) - 6) <= 3  # 54 + 6 real images, classifier errors aside
-    assert len(study.reference) == 61  # held-out 3s limit it: 55 of them at 0.9
+    labels = {}
+    for image, label in zip(study.train.images, study.train.labels.tolist()):
+        labels.setdefault(image.numpy().tobytes(), set()).add(label)
+    real = storage.read_dataset(storage.dataset_path(root / "data/generations/digits/mle", 0)).values
+    for seed in real:
+        found = [labels[image.numpy().tobytes()] for image in seed]
+        assert all(len(label) == 1 for label in found)  # each image is one training image's
+        assert Counter(label for (label,) in found) == {3: 54, 6: 6}
+    assert Counter(study.reference.labels.tolist()) == {3: 55, 6: 6}
 
 
 def test_metrics_per_method_and_no_silent_inception(digits_run):
@@ -79,9 +92,13 @@ def test_metrics_per_method_and_no_silent_inception(digits_run):
 def test_figures_and_mlflow(digits_run):
     root, _, _ = digits_run
     figures = root / "figures/digits"
-    assert (figures / "curves.png").stat().st_size > 10_000
-    assert (figures / "samples_by_generation.png").stat().st_size > 5_000
-    assert len(list((figures / "samples").glob("*.png"))) == 3 * 2
+    curves = figure_pixels(figures / "curves.png", (5.2 * 5, 4))  # fid_classifier, minority_ratio, share_other,
+    assert colour(curves) > 0.005  # data_loss, response: mean lines and SE bands drawn
+    assert ink(figure_pixels(figures / "samples_by_generation.png", (1.8 * 2, 1.9 * 3))) > 0.3  # 2 generations, 3 methods
+    grids = sorted(p.name for p in (figures / "samples").glob("*.png"))
+    assert grids == [f"{m}_gen_{g:03d}.png" for m in ("hyper_mle", "mle", "ple") for g in (0, 1)]
+    for name in grids:
+        assert ink(figure_pixels(figures / "samples" / name, (4, 4))) > 0.3, name  # a mosaic of 60 digits
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id],
                               filter_string="tags.level = 'method' and tags.method = 'ple'", max_results=1)
