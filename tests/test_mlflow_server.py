@@ -21,7 +21,7 @@ import pytest
 from flows.study import study_flow
 from flows.report import main as report
 
-from conftest import ROOT, api_json, free_port, subprocess_env, wait_for, write_params
+from conftest import ROOT, api_json, colour, figure_pixels, free_port, subprocess_env, wait_for, write_params
 
 TINY = {"n_samples": 8, "generations": 4, "seeds": 5}
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS") or ROOT / "test-artifacts")
@@ -133,7 +133,8 @@ def test_report_from_the_server_has_the_numbers_of_the_curves(mlflow_server, ser
         row = curves.loc[(method, generation)]
         assert mean == pytest.approx(row[f"{metric}_mean"], rel=1e-3)  # printed to 4 significant digits
         assert se == pytest.approx(row[f"{metric}_se"], rel=1e-3)
-    assert (tmp_path / "reports/gaussian/comparison.png").stat().st_size > 10_000
+    figure = figure_pixels(tmp_path / "reports/gaussian/comparison.png", (5.2 * 2, 3.8))  # sigma_hat, sigma2_hat
+    assert colour(figure) > 0.005  # mean lines and SE bands drawn
 
 
 def test_report_bad_input_is_one_line_and_writes_nothing(mlflow_server, tmp_path, monkeypatch, capsys):
