@@ -94,7 +94,8 @@ def test_figures_and_mlflow(digits_run):
     figures = root / "figures/digits"
     curves = figure_pixels(figures / "curves.png", (5.2 * 5, 4))  # fid_classifier, minority_ratio, share_other,
     assert colour(curves) > 0.005  # data_loss, response: mean lines and SE bands drawn
-    assert ink(figure_pixels(figures / "samples_by_generation.png", (1.8 * 2, 1.9 * 3))) > 0.3  # 2 generations, 3 methods
+    side_by_side = figure_pixels(figures / "samples_by_generation.png", (1.8 * 2, 1.9 * 3))  # 2 generations, 3 methods
+    assert ink(side_by_side) > 0.3
     grids = sorted(p.name for p in (figures / "samples").glob("*.png"))
     assert grids == [f"{m}_gen_{g:03d}.png" for m in ("hyper_mle", "mle", "ple") for g in (0, 1)]
     for name in grids:

@@ -69,7 +69,7 @@ def _files(root) -> dict[str, tuple[int, int]]:
 def test_a_second_process_during_a_run_is_refused_in_one_line_and_the_data_stay_whole(tmp_path, prefect_api):
     """Two command-line runs of one experiment, forced to overlap: the first is stopped (SIGSTOP) as soon as it has
     written its first sampled generation, then the second runs to its end. The second exits with code 2 and one
-    line on stderr naming the first run's pid, and changes no file; the first, continued, completes; running
+    `error:` line on stderr naming the first run's pid, and changes no file; the first, continued, completes; running
     again resumes from its records (no dataset rewritten) to byte-identical tables."""
     generations = 6
     params = write_params(tmp_path, gaussian={**TINY, "generations": generations})
@@ -90,12 +90,16 @@ def test_a_second_process_during_a_run_is_refused_in_one_line_and_the_data_stay_
         before = _files(tmp_path)
         second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         assert _files(tmp_path) == before  # the refused run wrote nothing
+    except BaseException:
+        first.kill()
+        first.wait()
+        raise
     finally:
         first.send_signal(signal.SIGCONT)
     assert first.wait(timeout=300) == 0, log.read_text()[-3000:]
     errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
     assert second.returncode == 2 and len(errors) == 1, (second.returncode, second.stderr[-3000:])
-    assert errors[0].startswith(f"error: gaussian is locked by run gaussian (") and f"(pid {first.pid} on " in errors[0]
+    assert errors[0].startswith("error: gaussian is locked by run gaussian (") and f"(pid {first.pid} on " in errors[0]
 
     stored = {path: path.stat().st_mtime_ns for path in (tmp_path / "data").rglob("*.parquet")}
     assert len(stored) == 2 * generations  # mle and ple, every generation
