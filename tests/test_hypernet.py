@@ -258,6 +258,17 @@ def test_reweighted_training_without_groups_is_refused():
         ensemble.train(torch.randn(2, 20, 1), PLEConfig(training="reweighted", steps=1), torch.Generator())
 
 
+def test_halves_draw_distinct_points_per_seed_from_the_generator():
+    """batch_fraction 0.5 of n = 10: five distinct indices per seed, new per seed, the same for the same generator."""
+    draw = lambda: draw_indices(PLEConfig(batch_fraction=0.5), 3, 10, None, torch.Generator().manual_seed(0),  # noqa: E731
+                                np.random.default_rng(0))
+    index = draw()
+    assert index.shape == (3, 5) and all(len(set(row.tolist())) == 5 for row in index)
+    assert int(index.min()) >= 0 and int(index.max()) < 10 and len({tuple(row.tolist()) for row in index}) == 3
+    assert torch.equal(index, draw())
+    assert draw_indices(PLEConfig(), 3, 10, None, torch.Generator(), np.random.default_rng(0)) is None
+
+
 @pytest.mark.parametrize("field,value", [("penalty", "max"), ("form", "anchor"), ("training", "halfs"),
                                          ("concentration", 0.0)])
 def test_bad_ple_settings_are_rejected(field, value):
