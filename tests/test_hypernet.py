@@ -226,6 +226,22 @@ def test_one_training_step_descends_fit_plus_lambda_times_penalty():
     assert curve.fit == pytest.approx([2.0]) and curve.penalty == pytest.approx([24.04])
     torch.testing.assert_close(ensemble.params["hyper.bases.0"].detach() - before, torch.tensor([[-0.01, 0.01]]))
 
+
+def test_each_training_step_fits_the_points_drawn_for_it():
+    """With halves at batch_fraction 0.5, the first step's fit term is that of the two points
+    `draw_indices` gives for the training generator's first draw, not that of all four."""
+    x = torch.tensor([[[0.0, 0.0], [2.0, 2.0], [8.0, -4.0], [-6.0, 5.0]]])
+    config = PLEConfig(lam=0.1, steps=1, lr=0.01, batch_fraction=0.5)
+    curve = HyperEnsemble(_location_hyper, 1, PLEConfig()).train(x, config, torch.Generator().manual_seed(7))
+    replay = torch.Generator().manual_seed(7)
+    rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=replay)))
+    index = draw_indices(config, 1, 4, None, replay, rng)[0]
+    with torch.no_grad():
+        drawn, _ = ple_terms(_location_hyper(), x[0, index], _Location.NOISE)
+        everything, _ = ple_terms(_location_hyper(), x[0], _Location.NOISE)
+    assert curve.fit == pytest.approx([drawn.item()]) and drawn.item() != pytest.approx(everything.item())
+
+
 @pytest.mark.parametrize("penalty", PENALTIES)
 def test_penalty_scales(penalty):
     """sum: squared distance over entries; mean: divided by P; scaled: each tensor divided by s_t^2."""
