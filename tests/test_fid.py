@@ -4,6 +4,7 @@ reference classifier."""
 from __future__ import annotations
 
 import socket
+import warnings
 
 import numpy as np
 import pytest
@@ -216,6 +217,49 @@ def test_precision_recall_by_hand_balls_reach_the_kth_nearest_other_point_bounda
     assert precision_recall(real, fake, k=2) == (0.75, 0.4)
     assert precision_recall(fake, real, k=2) == (0.4, 0.75)  # the roles swap with the sets
     assert precision_recall(real[[3, 0, 4, 1, 2]], fake[[2, 0, 3, 1]], k=2) == (0.75, 0.4)  # in any order
+
+
+
+def test_precision_recall_by_hand_with_the_nearest_neighbour_and_the_bounds_on_k():
+    """The hand case above at k = 1: radii 1 1 2 3 4 | 3 1 1 1, so only the fake -1 lies in a real ball
+    ([-1, 1]) and only the real 0 in a fake ball ([-2, 0]): (1/4, 1/5). k must lie in [1, n - 1]."""
+    real, fake = np.array([[0.0], [1], [3], [6], [10]]), np.array([[-6.0], [-3], [-2], [-1]])
+    assert precision_recall(real, fake, k=1) == (0.25, 0.2)
+    for k in (0, 5):
+        with pytest.raises(ValueError, match=f"k={k} for 5 samples"):
+            precision_recall(real, fake, k=k)
+
+
+def test_precision_recall_uses_five_neighbours_by_default():
+    """Kynkaanniemi et al.'s k = 5, on data where k = 4 and k = 6 give other values."""
+    real, fake = np.random.default_rng(4).normal(size=(2, 40, 3))
+    default = precision_recall(real, fake)
+    assert default == precision_recall(real, fake, k=5)
+    assert default != precision_recall(real, fake, k=4) and default != precision_recall(real, fake, k=6)
+
+
+def test_low_precision_features_give_the_float64_metrics():
+    """Features in float32 or float16 are read in float64: precision/recall of the hand case in float32, and
+    the FID of float16 features near 1000 (whose float16 mean would round to 1000), equal their float64 values."""
+    real, fake = np.array([[0.0], [1], [3], [6], [10]]), np.array([[-6.0], [-3], [-2], [-1]])
+    assert precision_recall(real.astype(np.float32), fake.astype(np.float32), k=2) == (0.75, 0.4)
+    rng = np.random.default_rng(0)
+    a, b = (rng.normal(size=(500, 4)) + 1000).astype(np.float16), (rng.normal(size=(500, 4)) + 1000.3).astype(np.float16)
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(a.astype(np.float64), b.astype(np.float64)),
+                                                   rel=1e-9)
+
+
+def test_frechet_distance_silences_only_pytorch_fids_deprecated_sqrtm_argument():
+    """scipy warns that pytorch-fid passes sqrtm's deprecated `disp`; frechet_distance filters that warning
+    (and nothing wider), so a study's log stays clean."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    a, b = np.random.default_rng(0).normal(size=(2, 200, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DeprecationWarning, match="disp"):
+            calculate_frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+        assert frechet_distance(a, b) > 0
 
 
 class LabelledStudy(ImageStudy):

@@ -14,7 +14,7 @@ from sklearn.mixture import GaussianMixture
 from mlflow import MlflowClient
 
 from flows.study import study_flow
-from models.gmm import Mixture, em, kl_monte_carlo
+from models.gmm import GMMGenerator, Mixture, bounded, em, kl_monte_carlo
 from tasks.loop import GridPoint, generator, real_dataset
 from tasks.studies import load_params
 from tasks.studies.gmm import build_grid, build_lambda_sweep
@@ -215,3 +215,60 @@ def test_mixture_samples_scale_each_components_spread_by_the_root_of_lambda_with
         values = x[side]
         se = lam * std ** 2 * (2 / values.numel()) ** 0.5  # sd of a normal sample variance
         assert abs(float(values.var()) - lam * std ** 2) < 4 * se
+
+
+def test_reparameterised_draws_pick_components_by_weight_and_scale_each_spread_by_the_root_of_lambda():
+    """GMMGenerator.rsample (Gumbel-max pick, straight-through) with three separated components, weights
+    0.2, 0.3, 0.5 and stds 0.5, 1, 2 at lambda = 0.5: each component's share of the draws is its weight
+    (binomial SE) and its draws have variance lambda * std^2 (SE of a normal sample variance)."""
+    lam, n, weights, stds = 0.5, 200_000, [0.2, 0.3, 0.5], [0.5, 1.0, 2.0]
+    gmm = GMMGenerator(3, 1)
+    with torch.no_grad():
+        gmm.logits.copy_(torch.tensor(weights).log())
+        gmm.means.copy_(torch.tensor([[-20.0], [0.0], [20.0]]))
+        gmm.log_stds.copy_(torch.tensor(stds).log()[:, None])
+    y = gmm.rsample(gmm.noise(n, torch.Generator().manual_seed(5)), lam)[:, 0].detach().double()
+    for part, weight, std in zip((y < -10, y.abs() <= 10, y > 10), weights, stds):
+        assert abs(float(part.double().mean()) - weight) < 4 * (weight * (1 - weight) / n) ** 0.5
+        se = lam * std ** 2 * (2 / int(part.sum())) ** 0.5
+        assert abs(float(y[part].var()) - lam * std ** 2) < 4 * se
+
+
+def test_points_are_assigned_to_their_nearest_component_per_seed():
+    """Two seeds whose components sit in opposite orders: each point goes to its own seed's nearest one."""
+    mixture = _mixture([0.5, 0.5], [[-5.0], [5.0]], [[1.0], [1.0]], seeds=2)
+    mixture = Mixture(mixture.weights, mixture.means * torch.tensor([1.0, -1.0])[:, None, None], mixture.stds)
+    x = torch.tensor([-4.0, 6.0, 5.5])[None, :, None].expand(2, -1, -1)
+    assert mixture.assign(x).tolist() == [[0, 1, 1], [1, 0, 0]]
+
+
+def test_bounded_keeps_diverging_raw_parameters_within_the_stated_bounds():
+    """Logits in [-30, 30] (so two logits beyond the same bound weigh alike), means in [-1e3, 1e3], stds in
+    [1e-3, e^7]; sensible values pass unchanged."""
+    big = torch.tensor([[-1e6, 1e6]])
+    mixture = bounded(torch.tensor([[35.0, 1e4], [-1e4, -35.0]]), big[..., None].expand(2, -1, 1),
+                      big[..., None].expand(2, -1, 1) / 1e3)
+    assert mixture.weights.flatten().tolist() == pytest.approx([0.5] * 4)
+    assert mixture.means.flatten().tolist() == [-1e3, 1e3] * 2
+    assert mixture.stds.flatten().tolist() == pytest.approx([1e-3, math.exp(7)] * 2)
+    same = bounded(torch.tensor([[0.0, math.log(3)]]), torch.tensor([[[1.5], [-2.0]]]), torch.tensor([[[0.5], [-1.0]]]))
+    assert same.weights.flatten().tolist() == pytest.approx([0.25, 0.75])
+    assert same.means.flatten().tolist() == [1.5, -2.0]
+    assert same.stds.flatten().tolist() == pytest.approx([math.exp(0.5), math.exp(-1.0)])
+
+
+def test_draws_and_kl_depend_on_the_given_generator_alone():
+    """Same seed, same numbers whatever torch's global random state; another seed, other numbers."""
+    p = _mixture([0.3, 0.7], [[0.0], [2.0]], [[1.0], [0.5]], seeds=2)
+    q = _mixture([0.5, 0.5], [[0.5], [2.5]], [[1.5], [0.7]], seeds=2)
+    gmm = GMMGenerator(2, 1)
+
+    def draws(global_seed: int, seed: int = 0) -> list[torch.Tensor]:
+        torch.manual_seed(global_seed)
+        return [p.sample(50, 1.0, torch.Generator().manual_seed(seed)),
+                *kl_monte_carlo(p, q, 50, torch.Generator().manual_seed(seed)),
+                gmm.noise(50, torch.Generator().manual_seed(seed))]
+
+    first, again, other = draws(1), draws(2), draws(1, seed=9)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not any(torch.equal(a, b) for a, b in zip(first, other))
