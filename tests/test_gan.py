@@ -114,6 +114,30 @@ def test_critic_gradient_reaches_the_hypernetwork_and_its_own_loss_does_not(lam)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ensemble.adversary.values())
 
 
+
+@pytest.mark.parametrize("method", ["mle", "hyper_mle"])
+def test_every_seeds_losses_are_its_generators_against_its_current_critic(method):
+    """Per seed s, with the critics moved off their initial weights: the fit term is the generator loss
+    -D(G(z)) and the adversary term the critic's loss, each computed by the GAN itself with seed s's
+    generator (its own weights for mle, H(X_s) for hyper_mle) and seed s's current critic."""
+    seeds, x = 2, torch.rand(2, 12, 8, 8, generator=torch.Generator().manual_seed(0))
+    ensemble = TargetEnsemble(lambda: GAN((8, 8)), seeds) if method == "mle" else \
+        HyperEnsemble(lambda: HyperNetwork(GAN((8, 8)), 64, HyperConfig(hidden=16)), seeds, PLEConfig(lam=0.0))
+    with torch.no_grad():
+        for p in ensemble.adversary.values():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    noise = torch.stack([ensemble.target.noise(12, torch.Generator().manual_seed(s)) for s in range(seeds)])
+    fit, penalty = ensemble.terms(x, noise)
+    rival = ensemble.adversary_terms(x, noise)
+    generators = ensemble.weights() if method == "mle" else ensemble.weights(x)
+    for s in range(seeds):
+        weights = {n: w[s] for n, w in generators.items()} | {n: w[s] for n, w in ensemble.adversary.items()}
+        for value, op in ((fit[s], "nll"), (rival[s], "adversary_loss")):
+            expected = functional_call(ensemble.target, weights, (x[s], noise[s]), {"op": op})
+            assert float(value) == pytest.approx(float(expected), rel=1e-5), (s, op)
+    assert method != "mle" or penalty.tolist() == [0.0, 0.0]
+
+
 def test_training_moves_both_players_and_keeps_every_seed_apart():
     """mle: one critic step per generator step; after training, each seed's generator and critic differ
     from their start, and a seed's weights depend only on its own data (seed 0 alone gives the same)."""
@@ -121,7 +145,8 @@ def test_training_moves_both_players_and_keeps_every_seed_apart():
     x = torch.rand(2, 16, 8, 8, generator=g)
     config = PLEConfig(steps=5, lr=1e-3)
     both = fit_direct(lambda: GAN((8, 8)), x, config, torch.Generator().manual_seed(3))
-    assert len(both.curve.adversary) == 5 and len(both.curve.fit) == 5
+    assert len(both.curve.fit) == 5 and len(both.curve.adversary) == 5
+    assert all(isinstance(loss, float) and loss == loss for loss in both.curve.adversary)  # the critic's mean losses
     start = TargetEnsemble(lambda: GAN((8, 8)), 2)  # same construction, untrained
     moved = {name: not torch.equal(both.estimate[name], w) for name, w in start.weights().items()}
     assert any(v for n, v in moved.items() if n.startswith("critic.")) and \

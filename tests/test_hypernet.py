@@ -12,7 +12,7 @@ from torch import nn
 from models.gmm import GMMGenerator
 from models.hypernet import HyperConfig, HyperNetwork, parameter_count
 from models.ple import (FORMS, PENALTIES, TRAININGS, Generative, HyperEnsemble, PLEConfig, distance, draw_indices,
-                        fit_direct, fit_ensemble, ple_terms)
+                        Fitted, fit_direct, fit_ensemble, ple_terms)
 
 
 def _target() -> nn.Module:
@@ -205,6 +205,22 @@ def test_ple_objective_equals_its_value_computed_by_hand(penalty, form, expected
     assert fit.item() == pytest.approx(2.0) and term.item() == pytest.approx(expected)
 
 
+
+class _NoisyFit(_Location):
+    """_Location whose fit loss also reads the noise (as a VAE's ELBO does): + mean of its first column."""
+
+    def nll(self, x, noise=None):
+        return super().nll(x) + (0.0 if noise is None else noise[:, 0].mean())
+
+
+def test_every_fit_loss_of_the_objective_reads_the_noise():
+    """With the noise's first column 3.4 added to every fit loss: fit 2 + 3.4, self_fit 24.04 + 1.105 + 3.4."""
+    hyper = _location_hyper()
+    hyper.target = _NoisyFit()
+    fit, term = ple_terms(hyper, HAND_X, _Location.NOISE, form="self_fit")
+    assert fit.item() == pytest.approx(5.4) and term.item() == pytest.approx(24.04 + 1.105 + 3.4)
+
+
 @pytest.mark.parametrize("form,expected", [("paper", (19.2, 4.0)), ("stop_gradient", (9.6, 2.0))])
 def test_penalty_gradient_reaches_h_through_the_samples_by_the_hand_computed_amount(form, expected):
     """d||d||^2/db: d = s W (b + (s W - I) m + noise) depends on b only through Y, so the gradient is
@@ -345,7 +361,7 @@ def test_reweighted_draws_give_every_seed_its_own_group_shares():
     assert float(shares.std()) > 0.25
 
 
-def _fit(fit, training: str, global_seed: int, seed: int = 0, **config):
+def _fit(fit, training: str, global_seed: int, seed: int = 0, **config) -> Fitted:
     """A three-step fit on a fixed two-seed dataset, torch's and numpy's global random state set first."""
     x = torch.randn(2, 40, 1, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(global_seed)
@@ -358,22 +374,35 @@ def _fit(fit, training: str, global_seed: int, seed: int = 0, **config):
             gmm.means.add_(torch.randn_like(gmm.means))
         return gmm
     if fit is fit_direct:
-        return fit_direct(make, x, config, torch.Generator().manual_seed(seed)).estimate
+        return fit_direct(make, x, config, torch.Generator().manual_seed(seed))
     return fit_ensemble(make, x, HyperConfig(hidden=8), config, torch.Generator().manual_seed(seed),
-                        groups=(x[..., 0] > 0.5).long()).estimate
+                        groups=(x[..., 0] > 0.5).long())
 
 
 @pytest.mark.parametrize("fit,training", [(fit_ensemble, t) for t in TRAININGS] + [(fit_direct, "halves")])
 def test_same_seed_same_fit_whatever_the_global_random_state(fit, training):
     """Initial weights, batches and group shares come from the fit's generator alone: equal generators give
     equal estimates after the global random state changed; another seed gives another estimate."""
-    first, again, other = _fit(fit, training, 1), _fit(fit, training, 2), _fit(fit, training, 1, seed=5)
+    first, again, other = (_fit(fit, training, 1).estimate, _fit(fit, training, 2).estimate,
+                           _fit(fit, training, 1, seed=5).estimate)
     assert all(torch.equal(first[name], again[name]) for name in first)
     assert not all(torch.equal(first[name], other[name]) for name in first)
 
 
 def test_direct_fits_ignore_lambda_and_the_training_datasets():
     """fit_direct is the plain MLE: PLEConfig's lam and training (bootstrap here) change nothing."""
-    plain = _fit(fit_direct, "halves", 1)
-    for name, value in _fit(fit_direct, "bootstrap", 1, lam=5.0).items():
+    plain = _fit(fit_direct, "halves", 1).estimate
+    for name, value in _fit(fit_direct, "bootstrap", 1, lam=5.0).estimate.items():
         assert torch.equal(value, plain[name])
+
+
+@pytest.mark.parametrize("fit", [fit_ensemble, fit_direct])
+def test_a_fit_returns_its_training_curve_and_for_hypernetworks_its_ensemble(fit):
+    """One mean fit and penalty per step (penalty 0 for the direct fit), the last step's per seed."""
+    fitted = _fit(fit, "halves", 1, lam=1.0)
+    assert len(fitted.curve.fit) == len(fitted.curve.penalty) == 3 and fitted.curve.final_fit.shape == (2,)
+    assert fitted.curve.fit[-1] == pytest.approx(float(fitted.curve.final_fit.mean()))
+    assert (fit is fit_direct) == (fitted.ensemble is None) == (fitted.curve.penalty == [0.0] * 3)
+    if fit is fit_ensemble:  # two hypernetworks of the given HyperConfig (hidden 8)
+        size = parameter_count(HyperNetwork(GMMGenerator(2, 1), 1, HyperConfig(hidden=8)))
+        assert sum(p.numel() for p in fitted.ensemble.params.values()) == 2 * size
