@@ -287,7 +287,8 @@ def test_reweighted_draws_vary_the_group_shares_and_follow_the_dirichlet_mean():
 
 def test_reweighted_training_without_groups_is_refused():
     ensemble = HyperEnsemble(lambda: HyperNetwork(GMMGenerator(2, 1), 1, HyperConfig(hidden=8)), 2, PLEConfig())
-    with pytest.raises(ValueError, match="needs the group"):
+    with pytest.raises(ValueError, match=r"^training 'reweighted' needs the group of every point; use halves or "
+                                         r"bootstrap$"):
         ensemble.train(torch.randn(2, 20, 1), PLEConfig(training="reweighted", steps=1), torch.Generator())
 
 
@@ -302,10 +303,13 @@ def test_halves_draw_distinct_points_per_seed_from_the_generator():
     assert draw_indices(PLEConfig(), 3, 10, None, torch.Generator(), np.random.default_rng(0)) is None
 
 
-@pytest.mark.parametrize("field,value", [("penalty", "max"), ("form", "anchor"), ("training", "halfs"),
-                                         ("concentration", 0.0)])
-def test_bad_ple_settings_are_rejected(field, value):
-    with pytest.raises(ValueError, match=field):
+@pytest.mark.parametrize("field,value,message", [
+    ("penalty", "max", "unknown penalty 'max'; use one of sum, mean, scaled"),
+    ("form", "anchor", "unknown form 'anchor'; use one of paper, self_fit, stop_gradient"),
+    ("training", "halfs", "unknown training 'halfs'; use one of halves, bootstrap, reweighted"),
+    ("concentration", 0.0, "concentration must be > 0, got 0.0")])
+def test_bad_ple_settings_are_rejected(field, value, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
         PLEConfig(**{field: value})
 
 
@@ -349,6 +353,17 @@ def test_the_ensemble_trains_on_the_configured_penalty_and_form(penalty, form, e
     ensemble = HyperEnsemble(_location_hyper, 1, PLEConfig(penalty=penalty, form=form))
     fit, term = ensemble.terms(HAND_X[None], _Location.NOISE[None])
     assert fit.tolist() == pytest.approx([2.0]) and term.tolist() == pytest.approx([expected])
+
+
+def test_a_group_of_one_point_gets_its_dirichlet_share_of_the_draws():
+    """P(i) = w_g / n_g with n_g = 1 for the lone point of group 0: over 400 steps its share of the draws
+    averages E[w_0] = 1/2 (sd of one step's share about 0.3), not less."""
+    groups = torch.tensor([[0] + [1] * 99])
+    config = PLEConfig(training="reweighted", batch_fraction=0.5)
+    generator, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+    shares = torch.stack([(draw_indices(config, 1, 100, groups, generator, rng) == 0).double().mean()
+                          for _ in range(400)])
+    assert abs(float(shares.mean()) - 0.5) < 4 * 0.3 / 400 ** 0.5
 
 
 def test_reweighted_draws_give_every_seed_its_own_group_shares():
