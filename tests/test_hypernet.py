@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from models.gmm import GMMGenerator
-from models.hypernet import HyperConfig, HyperNetwork, parameter_count
+from models.hypernet import FactorisedHead, HyperConfig, HyperNetwork, parameter_count, tensor_scale
 from models.ple import (FORMS, PENALTIES, TRAININGS, Generative, HyperEnsemble, PLEConfig, distance, draw_indices,
                         Fitted, fit_direct, fit_ensemble, ple_terms)
 
@@ -332,18 +332,36 @@ class _IntegerParameter(nn.Module):
         self.table = nn.Parameter(torch.zeros(3, dtype=torch.long), requires_grad=False)
 
 
-@pytest.mark.parametrize("target,message", [(nn.ReLU(), "has no parameters"),
-                                            (_IntegerParameter(), "not real floating point")])
+@pytest.mark.parametrize("target,message", [
+    (nn.ReLU(), "ReLU has no parameters for a hypernetwork to emit"),
+    (_IntegerParameter(), r"_IntegerParameter: parameters \['table'\] are not real floating point tensors")])
 def test_targets_it_cannot_handle_are_rejected(target, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
         HyperNetwork(target, in_features=2)
 
 
-def test_unknown_head_and_bad_rank_are_rejected():
-    with pytest.raises(ValueError, match="unknown hypernetwork head"):
+def test_unknown_head_and_bad_rank_are_rejected_and_rank_one_accepted():
+    with pytest.raises(ValueError, match="^unknown hypernetwork head 'chunked'; use one of lowrank, linear$"):
         HyperNetwork(_target(), in_features=2, config=HyperConfig(head="chunked"))
-    with pytest.raises(ValueError, match="rank must be >= 1"):
+    with pytest.raises(ValueError, match="^hypernetwork rank must be >= 1, got 0$"):
         HyperNetwork(_target(), in_features=2, config=HyperConfig(rank=0))
+    assert HyperNetwork(_target(), in_features=2, config=HyperConfig(head="lowrank", rank=1)).names
+
+
+def test_tensor_scales_by_hand():
+    """s_t = init_scale / sqrt(fan_in) for a matrix (fan_in = entries of one row: 4 for (1, 4), 8 for (5, 4, 2));
+    init_scale x RMS for a vector (RMS of (0.3, -0.4) = sqrt(0.125)), init_scale for a zero vector."""
+    cases = [(torch.ones(1, 4), 1.0), (torch.ones(5, 4, 2), 2 / 8 ** 0.5), (torch.tensor([0.3, -0.4]), 2 * 0.125 ** 0.5),
+             (torch.zeros(3), 2.0)]
+    for p, expected in cases:
+        assert tensor_scale(p, 2.0) == pytest.approx(expected), p.shape
+
+
+@pytest.mark.parametrize("shape", [(6,), (5, 7), (6, 4, 2)])
+def test_a_factorised_heads_cost_is_its_parameter_count(shape):
+    """cost(h, shape, r) = r (rows + columns) + r^2 h for a matrix, r n + r h for a vector: what the head holds."""
+    head = FactorisedHead(16, torch.Size(shape), 3)
+    assert FactorisedHead.cost(16, torch.Size(shape), 3) == parameter_count(head)
 
 
 @pytest.mark.parametrize("penalty,form,expected", [("mean", "paper", 12.02), ("scaled", "paper", 96.16),
