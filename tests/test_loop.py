@@ -62,6 +62,16 @@ def test_augment_subset_changes_between_generations(parts):
     assert len(picks) > 1
 
 
+
+def test_augment_subset_depends_on_the_generation_seed_alone(parts):
+    """Same (seed, generation) key, same subset, whatever torch's global random state."""
+    picks = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        picks.append(_next("augment", *parts, 0.5, seed=3).values)
+    assert torch.equal(*picks)
+
+
 def test_fresh_draws_new_real_points(parts):
     out = _next("fresh", *parts, real_fraction=0.5)
     assert int(out.is_real.sum()) == 5 and (out.values[:, out.is_real] == 7).all()
