@@ -195,8 +195,10 @@ def test_non_binary_value():
     yhat[10] = 2
     with pytest.raises(ValueError, match=r"yhat must hold only 0 and 1, got \[2\]"):
         group_metrics(y, yhat, s)
-    with pytest.raises(ValueError, match=r"s must hold only 0 and 1, got \[-1\]"):
+    with pytest.raises(ValueError, match=r"^s must hold only 0 and 1, got \[-1\]$"):
         group_metrics(y, y, np.where(s == 1, s, -1))
+    with pytest.raises(ValueError, match=r"^y must hold only 0 and 1, got \[2, 3, 4, 5, 6\]$"):  # the first five
+        group_metrics(np.arange(50) % 8, yhat, s)
 
 
 def test_wrong_dimensions():
