@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 from mlflow import MlflowClient
@@ -41,6 +42,25 @@ def test_em_matches_scikit_learn():
         one = Mixture(ours.weights[s: s + 1], ours.means[s: s + 1], ours.stds[s: s + 1])
         ours_ll = one.log_prob(x[s: s + 1]).mean().item()
         assert ours_ll == pytest.approx(ref.score(x[s].numpy()), abs=1e-6)
+
+
+def test_one_em_step_from_the_stated_start_matches_scikit_learn():
+    """em's start (means at the points of rank round((i + 1/2)/K (n - 1)) in the first coordinate, equal
+    weights, each coordinate's sample sd) followed by one EM step equals scikit-learn's single step from
+    that start, on 2-D data whose coordinates have different spreads."""
+    true = _mixture([0.6, 0.4], [[-1.0, 0.0], [1.5, 2.0]], [[1.0, 3.0], [0.5, 1.0]])
+    x = true.sample(301, 1.0, torch.Generator().manual_seed(1))
+    k, points = 3, x[0].numpy()
+    ranked = points[np.argsort(points[:, 0])]
+    start = ranked[[round((i + 0.5) / k * (len(points) - 1)) for i in range(k)]]
+    ref = GaussianMixture(k, covariance_type="diag", max_iter=1, reg_covar=0.0, weights_init=np.full(k, 1 / k),
+                          means_init=start, precisions_init=np.tile(1 / points.var(axis=0, ddof=1), (k, 1)))
+    with pytest.warns(ConvergenceWarning):
+        ref.fit(points)
+    ours = em(x, k, iterations=1)
+    np.testing.assert_allclose(ours.weights[0].numpy(), ref.weights_, rtol=1e-9)
+    np.testing.assert_allclose(ours.means[0].numpy(), ref.means_, rtol=1e-9)
+    np.testing.assert_allclose(ours.stds[0].numpy() ** 2, ref.covariances_, rtol=1e-9)
 
 
 def test_kl_of_a_mixture_to_itself_is_zero():
