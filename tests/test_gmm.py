@@ -292,3 +292,16 @@ def test_draws_and_kl_depend_on_the_given_generator_alone():
     first, again, other = draws(1), draws(2), draws(1, seed=9)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not any(torch.equal(a, b) for a, b in zip(first, other))
+
+
+def test_the_component_pick_passes_the_gradient_of_the_tempered_softmax_straight_through():
+    """y = pick @ means with pick = one_hot(argmax) + soft - soft.detach(), soft = softmax((log w + g) / tau),
+    tau = 0.5: the forward value is the argmax component's mean, the gradient in the logits is
+    (diag(soft) - soft soft^T) means / tau (K = 2, means -1 and 1, Gumbel draws (0.1, 0), no spread: eps = 0)."""
+    gmm = GMMGenerator(2, 1)
+    y = gmm.rsample(torch.tensor([[0.1, 0.0, 0.0]]))
+    y.sum().backward()
+    soft = torch.softmax(torch.tensor([0.1, 0.0]) / 0.5, 0)
+    expected = (torch.diag(soft) - soft[:, None] * soft[None]) @ torch.tensor([-1.0, 1.0]) / 0.5
+    assert y.item() == -1.0
+    torch.testing.assert_close(gmm.logits.grad, expected)
