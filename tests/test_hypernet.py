@@ -394,9 +394,9 @@ def test_reweighted_draws_give_every_seed_its_own_group_shares():
     assert float(shares.std()) > 0.25
 
 
-def _fit(fit, training: str, global_seed: int, seed: int = 0, **config) -> Fitted:
-    """A three-step fit on a fixed two-seed dataset, torch's and numpy's global random state set first."""
-    x = torch.randn(2, 40, 1, generator=torch.Generator().manual_seed(1))
+def _fit(fit, training: str, global_seed: int, seed: int = 0, seeds: int = 2, **config) -> Fitted:
+    """A three-step fit on a fixed dataset of two seeds, torch's and numpy's global random state set first."""
+    x = torch.randn(seeds, 40, 1, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(global_seed)
     np.random.seed(global_seed)
     config = PLEConfig(steps=3, training=training, batch_fraction=0.5, **config)
@@ -439,3 +439,10 @@ def test_a_fit_returns_its_training_curve_and_for_hypernetworks_its_ensemble(fit
     if fit is fit_ensemble:  # two hypernetworks of the given HyperConfig (hidden 8)
         size = parameter_count(HyperNetwork(GMMGenerator(2, 1), 1, HyperConfig(hidden=8)))
         assert sum(p.numel() for p in fitted.ensemble.params.values()) == 2 * size
+
+
+@pytest.mark.parametrize("fit", [fit_ensemble, fit_direct])
+def test_a_single_seed_fits(fit):
+    """S = 1 is a valid ensemble: the target, its optimiser settings and H's input size come from seed 0."""
+    estimate = _fit(fit, "halves", 1, seeds=1).estimate
+    assert all(value.shape[0] == 1 and torch.isfinite(value).all() for value in estimate.values())

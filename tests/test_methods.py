@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from models.gmm import GMMGenerator
@@ -36,3 +37,8 @@ def test_mle_without_a_closed_form_trains_the_generator_directly():
     direct = fit_direct(lambda: GMMGenerator(2, 1), X, PLEConfig(**PLE.model_dump()), torch.Generator().manual_seed(1))
     assert _equal(_fit("mle"), direct.estimate)
     assert _fit("mle", closed_form=lambda x: {"mean": x.mean(dim=1)})["mean"].shape == (2, 1)
+
+
+def test_an_unknown_method_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="^unknown method 'mle2'; use mle, hyper_mle or ple$"):
+        _fit("mle2")
