@@ -244,6 +244,32 @@ def test_one_training_step_descends_fit_plus_lambda_times_penalty():
     torch.testing.assert_close(ensemble.params["hyper.bases.0"].detach() - before, torch.tensor([[-0.01, 0.01]]))
 
 
+
+def test_training_runs_adam_with_the_targets_betas():
+    """Three steps of the ensemble (lambda 0.1, all points every step) equal three steps of torch's Adam with
+    the target's betas, here (0.2, 0.5), and config.lr on fit + lambda * penalty of one hypernetwork."""
+    class Beta(_Location):
+        betas = (0.2, 0.5)
+
+    def make():
+        hyper = _location_hyper()
+        hyper.target = Beta()
+        return hyper
+
+    config = PLEConfig(lam=0.1, steps=3, lr=0.05)
+    ensemble = HyperEnsemble(make, 1, config)
+    ensemble.train(HAND_X[None], config, torch.Generator())
+    hyper = make()
+    adam = torch.optim.Adam(hyper.parameters(), lr=0.05, betas=(0.2, 0.5))
+    for _ in range(3):
+        fit, term = ple_terms(hyper, HAND_X, _Location.NOISE)
+        adam.zero_grad()
+        (fit + 0.1 * term).backward()
+        adam.step()
+    for name, p in hyper.named_parameters():
+        torch.testing.assert_close(ensemble.params[f"hyper.{name}"][0].detach(), p.detach())
+
+
 def test_each_training_step_fits_the_points_drawn_for_it():
     """With halves at batch_fraction 0.5, the first step's fit term is that of the two points
     `draw_indices` gives for the training generator's first draw, not that of all four."""
