@@ -2,7 +2,8 @@
 
 Reads the results mutmut 3 keeps next to each mutated file (mutants/<path>.meta) and the surviving mutants
 judged equivalent to the original (tests/mutation/equivalent.txt: a name and the reason per line). The score is
-the share killed (or timed out) of the mutants that have tests and are not equivalent. Run from the project root:
+the share killed (or timed out) of the mutants that have tests and are not equivalent; "all tested" counts the
+equivalent ones as survivors. Run from the project root:
 
     python tests/mutation/summary.py                    # the table
     python tests/mutation/summary.py --list survived    # and the names of the surviving mutants per module
@@ -44,15 +45,18 @@ def load(root: Path = Path("mutants"), equivalent: dict[str, str] | None = None)
 
 def table(results: dict[str, dict[str, str]]) -> str:
     width = max(map(len, [*results, "total"]))
-    header = f"{'module':<{width}}  generated  " + "  ".join(f"{c:>10}" for c in (*COLUMNS, "other")) + "  score"
+    header = f"{'module':<{width}}  generated  " + "  ".join(f"{c:>10}" for c in (*COLUMNS, "other")) + \
+        "   score  all tested"
     rows, total = [header, "-" * len(header)], Counter()
 
     def row(name: str, counts: Counter) -> str:
         n = sum(counts.values())
         other = n - sum(counts[c] for c in COLUMNS)
-        tested = counts["killed"] + counts["timeout"] + counts["survived"]  # equivalent ones excluded
-        score = f"{100 * (counts['killed'] + counts['timeout']) / tested:5.1f}%" if tested else "    -"
-        return f"{name:<{width}}  {n:>9}  " + "  ".join(f"{counts[c]:>10}" for c in COLUMNS) + f"  {other:>10}  {score}"
+        killed = counts["killed"] + counts["timeout"]
+        shares = [f"{100 * killed / tested:5.1f}%" if tested else "    -"  # of the non-equivalent, then of all
+                  for tested in (killed + counts["survived"], killed + counts["survived"] + counts["equivalent"])]
+        return f"{name:<{width}}  {n:>9}  " + "  ".join(f"{counts[c]:>10}" for c in COLUMNS) + \
+            f"  {other:>10}  {shares[0]:>6}  {shares[1]:>10}"
 
     for module, statuses in results.items():
         counts = Counter(statuses.values())
