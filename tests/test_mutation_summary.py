@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.mutation.summary import load, load_equivalent, table
+from mutation.summary import load, load_equivalent, table  # tests/ is on the path, as for conftest
 
 
 def test_equivalent_survivors_are_counted_apart_and_left_out_of_the_score(tmp_path):
