@@ -6,7 +6,7 @@ export PATH := $(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 MUTATE_JOBS ?= 2
 
-.PHONY: run test bench serve ui report mutate
+.PHONY: run test test-fast bench serve ui report mutate
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	pytest
+
+# The suite without the tests marked slow (flow runs and servers over 20 s each on 2 cores): a quick check
+# while developing; `make test` (and CI) runs everything.
+test-fast: $(VENV)/.installed
+	pytest -m "not slow"
 
 # Mutation testing of the core modules with mutmut ([tool.mutmut] in pyproject.toml: modules, fast tests),
 # from scratch in mutants/ (test edits are not seen by mutmut's cache), then the per-module table; survivors:

@@ -69,6 +69,7 @@ def test_reparameterised_samples_follow_the_closed_form_sampler(name, bias):
     assert abs(y[2] - z[2]) < 4 * (y[3] ** 2 + z[3] ** 2) ** 0.5  # variances
 
 
+@pytest.mark.slow
 def test_grid_flow_estimates_every_family(tmp_path, prefect_api):
     params = write_params(tmp_path, grid={"distributions": ["exponential", "mixture"], "n_samples": 20,
                                           "generations": 2, "seeds": 3,

@@ -8,6 +8,7 @@ import re
 import subprocess
 
 import pandas as pd
+import pytest
 
 from conftest import ROOT, colour, figure_pixels, run, subprocess_env
 
@@ -25,6 +26,7 @@ def test_the_guide_has_every_kind_of_step():
     assert [text.strip() for action, text in guide_steps() if action == "run"][-1] == "dvc repro points"
 
 
+@pytest.mark.slow
 def test_following_the_guide_adds_a_study_that_dvc_runs(project_copy, prefect_api):
     repo, env = project_copy, subprocess_env(prefect_api)
     for action, text in guide_steps():

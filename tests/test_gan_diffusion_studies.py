@@ -80,6 +80,7 @@ SMALL = {"n_samples": 60, "generations": 3, "seeds": 2, "eval_samples": 60,
          "ple": {"lam": 1.0, "steps": 15, "lr": 0.002}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gan", "diffusion"])
 def test_killed_study_resumes_to_the_same_tables(tmp_path, prefect_api, monkeypatch, classifier, kind):
     """A study killed (SIGKILL) after its first generations and run again ends with the tables and

@@ -19,8 +19,8 @@ from conftest import colour, figure_pixels, write_params
 
 CASES = [  # n, generations, sampling bias: short chains for small n, whose PLE runs get heavy-tailed
     (5, 10, 1.0),
-    (10, 20, 1.0),
-    (50, 25, 1.0),
+    pytest.param(10, 20, 1.0, marks=pytest.mark.slow),
+    pytest.param(50, 25, 1.0, marks=pytest.mark.slow),
     (10, 12, 0.8),
 ]
 
@@ -65,6 +65,7 @@ def test_uniform_data_keeps_the_mle_law_and_the_bias_column(tmp_path, prefect_ap
     assert abs((sigma - bias) - 12**-0.5).max() < 1e-12
 
 
+@pytest.mark.slow
 def test_real_data_slows_the_collapse(tmp_path, prefect_api):
     """Every mode that keeps real data ends with a larger MLE variance than replace (Gerstgrasser et al.)."""
     final = {}

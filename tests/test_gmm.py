@@ -153,6 +153,7 @@ def test_training_over_reweighted_draws_makes_h_follow_the_minority_mean():
     assert torch.equal(headline, responses["many datasets"]["response_minority_mean"])  # the lower one
 
 
+@pytest.mark.slow
 def test_regime_of_the_imbalanced_low_data_corner(tmp_path, prefect_api):
     """Weight 0.95, n = 50, replace loop, the default hypernetwork and training, 32 seeds.
 

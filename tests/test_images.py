@@ -145,6 +145,7 @@ def test_the_gmmn_generator_runs_through_the_same_study(digits_run, tmp_path):
     assert images.dtype == torch.uint8 and images.shape == (2, 60, 8, 8)
 
 
+@pytest.mark.slow
 def test_hyper_mle_follows_the_minority_share_at_generation_0(digits_run):
     """The default hypernetwork and training on digits' own D_0 (n = 140, 9:1), 3 seeds, a shorter
     training than the default (300 steps): H applied to probes with 10 to 50% sixes follows their

@@ -66,6 +66,7 @@ def _files(root) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_second_process_during_a_run_is_refused_in_one_line_and_the_data_stay_whole(tmp_path, prefect_api):
     """Two command-line runs of one experiment, forced to overlap: the first is stopped (SIGSTOP) as soon as it has
     written its first sampled generation, then the second runs to its end. The second exits with code 2 and one

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 from mlflow import MlflowClient
 
@@ -27,6 +28,7 @@ def _dvc(repo: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "dvc", *args], repo, env)
 
 
+@pytest.mark.slow
 def test_dvc_repro_versions_every_generation_and_tracks_it(project_copy, prefect_api):
     repo, env = project_copy, subprocess_env(prefect_api)
     write_params(repo, **SMALL)
@@ -113,6 +115,7 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> No
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_with_identical_numbers(tmp_path, prefect_api, monkeypatch):
     sections = dict(seed=5, loop={"mode": "fresh", "real_fraction": 0.3},
                     gaussian={"n_samples": 10, "generations": 24, "seeds": 40})

@@ -64,6 +64,7 @@ def _check_points(root: Path, slugs: list[str], uri: str) -> None:
         assert all(r.info.status == "FINISHED" for r in runs)
 
 
+@pytest.mark.slow
 def test_thread_sweep_runs_every_point_and_resumes(tmp_path, prefect_api, mlflow_store):
     write_params(tmp_path, **TINY)
     sweep = _sweep_file(tmp_path, {"method": ["mle", "ple"], "mode": ["accumulate"]})
@@ -144,6 +145,7 @@ def test_existing_dask_cluster_without_prefect_server_is_one_line(tmp_path, caps
     assert not (tmp_path / "sweeps/tiny").exists()
 
 
+@pytest.mark.slow
 def test_fairness_sweep_over_lambda(tmp_path, prefect_api, mlflow_store):
     write_params(tmp_path, fairness={**FAIRNESS, "generations": 2})
     sweep = _sweep_file(tmp_path, {"method": ["ple"], "lam": [0.1, 10.0]}, study="fairness")
