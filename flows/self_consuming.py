@@ -4,7 +4,7 @@
 point, has a nested MLflow run per seed logged under the method's run in the background, then
 publishes the tidy table, the curves, the DVC summary and the figures. `method_loop` chains the
 tasks of `tasks.steps` generation by generation and resumes at the first generation without a
-record, after checking the md5 of every stored dataset it relies on (`tasks.infra.resume`).
+record, after checking every stored record and dataset it relies on (`tasks.infra.resume`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def method_loop(study: Study, settings: LoopParams, seed: int, experiment: str, 
     if start == 0:
         data, md5 = real0, steps.save_dataset(path, real0, {**meta, "parent_md5": ""}, method, 0)
     else:
-        data, md5 = storage.read_dataset(path), storage.md5(path)
+        data, md5 = resume.resume_dataset(folder, output, key, records)
     _, n_synth = loop.split_counts(settings.mode, study.n_samples, settings.real_fraction)
 
     for g in range(start, generations):

@@ -2,7 +2,8 @@
 
 A method's folder holds gen_<g>.parquet and, once generation g is complete, gen_<g>.json
 (`tasks.infra.storage`). Both carry the fingerprint of what made them; a folder made by other
-params or code is cleared, a dataset that does not match its record or its parent stops the run.
+params or code is cleared. A record, or a dataset, that is unreadable, edited, out of place or does
+not descend from the previous generation stops the run with a CorruptDataError naming it and the fix.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from tasks.loop import Study
 
 def fingerprint(study: Study, loop_settings: dict, seed: int, method: str) -> str:
     """Hash of everything a stored generation depends on: the study's config, the loop settings,
-    the seed, the method and the source code of the loop, the study and the models."""
-    sources = [inspect.getsource(loop), inspect.getsource(sys.modules[type(study).__module__])]
+    the seed, the method and the source code of the loop, the study, the models and the storage format."""
+    sources = [inspect.getsource(module) for module in (loop, sys.modules[type(study).__module__], storage)]
     sources += [path.read_text() for path in sorted(Path(models.__file__).parent.glob("*.py"))]
     payload = json.dumps({
         "study": study.config, "loop": loop_settings, "seed": seed, "method": method,
@@ -36,27 +37,38 @@ def fingerprint(study: Study, loop_settings: dict, seed: int, method: str) -> st
 
 def completed_records(folder: Path, output: Path, print_fn: Callable[[str], object], fingerprint_: str,
                       generations: int) -> list[dict]:
-    """Records of the completed generations 0..k-1, their datasets verified; stale folders cleared.
+    """Records of the completed generations 0..k-1, each checked with its dataset; stale folders cleared.
 
     `output` is the DVC output that holds `folder`, named in the fix of a corrupt-data error."""
     if folder.exists():
         storage.remove_partial_files(folder)
-    first = storage.record_path(folder, 0)
-    stored = storage.read_record(first)["fingerprint"] if first.exists() else None
-    if stored is None and storage.dataset_path(folder, 0).exists():
-        stored = storage.read_metadata(storage.dataset_path(folder, 0))["fingerprint"]
-    if stored is not None and stored != fingerprint_:
+    first = storage.dataset_path(folder, 0)
+    if first.exists() and storage.checked_metadata(first, output).get("fingerprint") != fingerprint_:
         print_fn(f"{folder}: params or code changed since these generations were made; starting over")
         shutil.rmtree(folder)
     records = []
     while len(records) < generations and storage.record_path(folder, len(records)).exists():
-        record = storage.read_record(storage.record_path(folder, len(records)))
-        storage.verified_dataset(folder, record["generation"], record["dataset_md5"], output)
+        g = len(records)
+        path = storage.record_path(folder, g)
+        record = storage.read_record(path, output)
+        if record["generation"] != g:
+            raise CorruptDataError(f"{path} is the record of generation {record['generation']}, not {g} (copied or "
+                                   f"renamed); {storage.restore_fix(folder, output)}")
+        dataset = storage.verified_dataset(folder, g, record["dataset_md5"], output)
+        storage.checked_metadata(dataset, output, **_lineage(g, fingerprint_, records))
         records.append(record)
-    for parent, child in zip(records, records[1:]):
-        child_meta = storage.read_metadata(storage.dataset_path(folder, child["generation"]))
-        if child_meta["parent_md5"] != parent["dataset_md5"]:
-            raise CorruptDataError(
-                f"{storage.dataset_path(folder, child['generation'])} does not descend from generation "
-                f"{parent['generation']}; restore it with `dvc checkout {output}` or delete {folder} to start over")
     return records
+
+
+def resume_dataset(folder: Path, output: Path, fingerprint_: str, records: list[dict]) -> tuple[loop.Dataset, str]:
+    """D_k, the dataset of the first generation without a record (k = len(records) > 0), and its md5, after
+    checking that it is the one model k-1 made: its lineage in its metadata and its content against its sha256."""
+    path = storage.dataset_path(folder, len(records))
+    data = storage.checked_dataset(path, output, **_lineage(len(records), fingerprint_, records))
+    return data, storage.md5(path)
+
+
+def _lineage(generation: int, fingerprint_: str, records: list[dict]) -> dict[str, str]:
+    """The metadata D_generation must hold: its generation, the fingerprint and its parent's recorded md5."""
+    parent = records[generation - 1]["dataset_md5"] if generation else ""
+    return {"generation": str(generation), "fingerprint": fingerprint_, "parent_md5": parent}
