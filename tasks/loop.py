@@ -59,6 +59,7 @@ class Study(Protocol):
     seeds: int
     n_samples: int
     generations: int
+    event_size: int  # values per data point
     point: GridPoint
     labels: dict[str, object]  # further constant columns of the tidy table
     methods: tuple[str, ...] | None  # the methods run at this point; None: the study's params decide

@@ -1,8 +1,9 @@
 """Params shared by every study, and reading any params-like YAML file into a pydantic model.
 
-Every model is strict (a string is never read as a number), forbids unknown keys (a typo stops
-the run instead of being ignored) and holds its defaults, so `params.yaml` lists only what a user
-changes. Each study's own section lives in its module under `tasks/studies/`; the whole file's
+Every model is strict (a string is never read as a number), refuses NaN and infinities, forbids
+unknown keys (a typo stops the run instead of being ignored) and holds its defaults, so
+`params.yaml` lists only what a user changes. A file is read as UTF-8 YAML whose mappings may not
+repeat a key. Each study's own section lives in its module under `tasks/studies/`; the whole file's
 model, `tasks.studies.Params`, joins them. `read_model` turns the first validation error into one
 line that names the file, the key, the bad value and what is allowed.
 """
@@ -10,6 +11,7 @@ line that names the file, the key, the bad value and what is allowed.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -24,7 +26,7 @@ Model = TypeVar("Model", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def unique(values: list | None) -> list | None:
@@ -94,6 +96,8 @@ class CommonParams(Strict):
     """The top of params.yaml: what every study shares."""
 
     seed: int = Field(default=0, ge=0, description="global seed: same seed, same numbers")
+    max_generations: int = Field(default=1000, ge=1, description="ceiling on every study's generations, against "
+                                 "a runaway run; raise it to run more")
     methods: list[Method] = Field(default=["mle", "hyper_mle", "ple"], min_length=1,
                                   description="estimators compared in every study")
     loop: LoopParams = Field(default_factory=LoopParams)
@@ -105,13 +109,43 @@ class CommonParams(Strict):
         return getattr(self, section).methods or self.methods
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping repeating a key (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # refused by SafeLoader itself
+            if key in seen:
+                raise _DuplicateKey(None, None, f"key {key!r} appears twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> dict:
-    """The mapping in a YAML file; ParamsError (one line) when it is missing, not YAML or not a mapping."""
+    """The mapping in a UTF-8 YAML file; ParamsError (one line) when it is missing, unreadable, not
+    text, not YAML, repeats a key or is not a mapping."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found; pass the path of an existing file") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a directory; pass the path of a params file") from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start}: binary, or another encoding such as UTF-16 "
+                          f"or Latin-1); save it as UTF-8") from None
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
+    except _DuplicateKey as exc:
+        raise ParamsError(f"{path}: {exc.problem} in one mapping (line {exc.problem_mark.line + 1}); "
+                          "keep one of them") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -135,7 +169,7 @@ def validate(model: type[Model], raw: dict, source: str, fix: str = "") -> Model
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        errors = exc.errors()
+        errors = sorted(exc.errors(), key=lambda error: error["type"] != "extra_forbidden")  # typos first
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise ParamsError(_describe(model, errors[0], source) + more + (f"; {fix}" if fix else "")) from None
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
 from flows.cli import main
-from flows.study import study_flow
+from flows.study import preflight, study_flow
 from tasks.errors import ParamsError
 from tasks.params import flatten
 from tasks.studies import load_params
@@ -65,6 +67,17 @@ BAD = [
     ({"digits_diffusion": {"diffusion": {"timesteps": 50, "sampling_steps": 80}}},
      "sampling_steps (80) must be at most timesteps (50)"),
     ({"digits_diffusion": {"diffusion": {"timesteps": 1}}}, "digits_diffusion.diffusion.timesteps = 1"),
+    # numbers that are not finite, anywhere
+    ({"gmm": {"stds": [[float("nan")], [1.0]]}}, "gmm.stds = nan is invalid: Input should be a finite number"),
+    ({"gmm": {"means": [[0.0], [float("inf")]]}}, "gmm.means = inf is invalid"),
+    ({"gmm": {"weights": [float("-inf")]}}, "gmm.weights = -inf is invalid"),
+    ({"gmm": {"ple": {"lr": float("inf")}}}, "gmm.ple.lr = inf is invalid: Input should be a finite number"),
+    ({"loop": {"real_fraction": float("nan")}}, "loop.real_fraction = nan is invalid"),
+    # a typo is named before the key it leaves missing
+    ({"sed": 0}, "unknown key 'sed'; did you mean 'seed'?"),
+    # runaway runs
+    ({"gaussian": {"generations": 100_000_000}}, "gaussian.generations = 100000000 is above max_generations = 1000"),
+    ({"max_generations": 50, "grid": {"generations": 51}}, "grid.generations = 51 is above max_generations = 50"),
 ]
 
 
@@ -136,13 +149,49 @@ def test_overlay_command_writes_the_merged_file_or_one_line(tmp_path):
     assert not (tmp_path / "merged.yaml").exists()
 
 
-@pytest.mark.parametrize("text,expected", [("seed: [unclosed\n", "not valid YAML at line"),
-                                           ("- a list\n", "expected a mapping")])
+@pytest.mark.parametrize("text,expected", [
+    (b"seed: [unclosed\n", "not valid YAML at line 2; fix the syntax"),
+    (b"- a list\n", "expected a mapping"),
+    (b"seed: 0\nseed: 1\n", "key 'seed' appears twice in one mapping (line 2); keep one of them"),
+    (b"loop:\n  mode: replace\n  mode: fresh\n", "key 'mode' appears twice in one mapping (line 3)"),
+    ("seed: 0  # café\n".encode("utf-16"), "not UTF-8 text (byte 0"),
+    ("seed: 0  # café\n".encode("latin-1"), "not UTF-8 text (byte 14"),
+    (Path(sys.executable).read_bytes()[:4096], "not UTF-8 text"),
+])
 def test_unreadable_file(tmp_path, text, expected):
+    """Files that are not UTF-8 YAML mappings with unique keys: one line naming the file."""
     path = tmp_path / "params.yaml"
-    path.write_text(text)
-    with pytest.raises(ParamsError, match=expected):
+    path.write_bytes(text)
+    with pytest.raises(ParamsError, match=f"^{path}: " + re.escape(expected)):
         load_params(path)
+
+
+def test_a_directory_is_not_a_params_file(tmp_path):
+    with pytest.raises(ParamsError, match=f"^{tmp_path}: is a directory; pass the path of a params file$"):
+        load_params(tmp_path)
+
+
+def test_max_generations_lets_a_longer_study_through(tmp_path):
+    """The ceiling is a default: raising it admits the study it refused."""
+    params = load_params(write_params(tmp_path, max_generations=2000, gaussian={"generations": 1500}))
+    assert params.gaussian.generations == 1500
+
+
+@pytest.mark.parametrize("section", [{"seeds": 10_000_000_000}, {"n_samples": 10_000_000_000}])
+def test_a_study_larger_than_memory_stops_before_it_starts(tmp_path, monkeypatch, capsys, section):
+    """seeds x n_samples beyond the memory available: one line with the estimate and the limit."""
+    path = write_params(tmp_path / "in", gaussian=section)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    assert main(study_flow, ["gaussian"], ["gaussian", str(path)], preflight=preflight) == 2
+    err = capsys.readouterr().err
+    available = psutil.virtual_memory().available / 1e9
+    need = 16 * 10_000_000_000 * (100 if "n_samples" in section else 10) / 1e9  # 4 float32 copies of S x n values
+    assert err.count("\n") == 1 and err.startswith("error: gaussian: "), err
+    assert f"need about {need:.3g} GB for the datasets alone (replace mode)" in err
+    assert re.search(r"more than the ([0-9.]+) GB of memory available; lower gaussian.seeds or n_samples", err)
+    assert abs(float(re.search(r"the ([0-9.]+) GB", err)[1]) - available) < 0.1 * available
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_missing_file(tmp_path):

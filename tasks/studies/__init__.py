@@ -52,6 +52,17 @@ def spec(name: str) -> StudySpec:
 
 class _Sections(CommonParams):
     @model_validator(mode="after")
+    def _generations_below_ceiling(self):
+        """No study runs more generations than `max_generations`."""
+        for study in STUDIES:
+            section = getattr(self, study.section)
+            if section is not None and section.generations > self.max_generations:
+                raise ValueError(f"{study.section}.generations = {section.generations} is above max_generations = "
+                                 f"{self.max_generations}, the ceiling against runaway runs; lower it, or raise "
+                                 "max_generations")
+        return self
+
+    @model_validator(mode="after")
     def _methods_each_study_has(self):
         """Every study's methods (its own list, else the top-level one) are methods it can run."""
         for study in STUDIES:

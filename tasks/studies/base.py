@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import psutil
 
 from models.ple import Fitted
+from tasks.errors import ParamsError
 from tasks.infra.paths import StudyPaths
 from tasks.loop import GridPoint, Study
 from tasks.params import Method, StudyParams
@@ -54,10 +56,29 @@ class StudySpec:
         """Whether `make run` runs it: always, or when its raw data is in place."""
         return self.raw_data is None or any((root / "data" / "raw" / self.raw_data).glob("*"))
 
+    def studies(self, params: Any, root: Path) -> list[Study]:
+        """`build`, refused (ParamsError) when a point's datasets alone would not fit in the memory available."""
+        studies = self.build(params, root)
+        largest = max(studies, key=lambda study: dataset_bytes(study, params.loop.mode))
+        need, available = dataset_bytes(largest, params.loop.mode), psutil.virtual_memory().available
+        if need > available:
+            raise ParamsError(
+                f"{self.section}: {largest.seeds} seeds x {largest.n_samples} points x {largest.event_size} values "
+                f"need about {need / 1e9:.3g} GB for the datasets alone ({params.loop.mode} mode), more than the "
+                f"{available / 1e9:.3g} GB of memory available; lower {self.section}.seeds or n_samples")
+        return studies
+
+
+def dataset_bytes(study: Study, mode: str) -> int:
+    """A lower bound of the loop's memory: four float32 datasets at once (D_0, D_g, S_(g+1), D_(g+1)) of
+    seeds x points x event-size values; points = n_samples, times the generations when D_g accumulates."""
+    points = study.n_samples * (study.generations if mode == "accumulate" else 1)
+    return 4 * 4 * study.seeds * points * study.event_size
+
 
 class StudyBase:
     """Defaults of a `tasks.loop.Study`: `seeds`, `generations` and `n_samples` read from the study's
-    params section `self.params`, no grid, no extra columns, the methods of the params, and the
+    params section `self.params`, scalar data points, no grid, no extra columns, the methods of the params, and the
     training curves of a `Fitted`. A subclass overrides what it has (e.g. `point` as a field)."""
 
     params: StudyParams
@@ -76,6 +97,11 @@ class StudyBase:
     @property
     def generations(self) -> int:
         return self.params.generations
+
+    @property
+    def event_size(self) -> int:
+        """Values per data point (one for a scalar)."""
+        return 1
 
     def training_curves(self, model: Any) -> dict[str, list[float]]:
         """The fit and penalty (and a two-player generator's adversary loss) per optimiser step of a model

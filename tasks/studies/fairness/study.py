@@ -85,6 +85,11 @@ class FairnessStudy(StudyBase, Responsive):
         return tuple(self.train.images.shape[1:])
 
     @property
+    def event_size(self) -> int:
+        """A row: the image's pixels, then y."""
+        return self.train.images[0].numel() + 1
+
+    @property
     def rare_share(self) -> float:
         """Share of the rare groups (s != y) in every real draw."""
         counts = ad.group_counts(self.n_samples, self.params.bias)

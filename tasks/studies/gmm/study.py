@@ -112,6 +112,10 @@ class GMMStudy(StudyBase, Responsive):
         return self.n
 
     @property
+    def event_size(self) -> int:
+        return len(self.params.means[0])
+
+    @property
     def config(self) -> dict:
         settings = self.params.model_dump(exclude={"methods", "grid", "lambda_sweep"})
         settings["ple"] = self.ple.model_dump()

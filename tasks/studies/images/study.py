@@ -98,6 +98,10 @@ class ImageStudy(StudyBase, Responsive):
     def event_shape(self) -> tuple[int, ...]:
         return tuple(self.train.images.shape[1:])
 
+    @property
+    def event_size(self) -> int:
+        return self.train.images[0].numel()
+
     def make_generator(self) -> Generative:
         return make_generator(self.params, self.event_shape)
 
