@@ -3,50 +3,45 @@
     python -m flows.study gaussian [params.yaml] [--overlay params.paper.yaml]
     python -m flows.classifier digits [params.yaml]
 
-A bad params file, corrupt stored data, a missing input, a held lock or an unreachable MLflow or
-Prefect server (MLFLOW_TRACKING_URI, PREFECT_API_URL) stops with one line on stderr and exit
-code 2, before any output is written (any `tasks.errors.UserError`).
+A bad params file, corrupt stored data, a missing input, a held lock or an MLflow or Prefect
+server (MLFLOW_TRACKING_URI, PREFECT_API_URL) that does not answer its API stops with one line on
+stderr and exit code 2 before any output is written; a write the system refuses (read-only folder,
+full disk) during the run also ends with one line and exit code 2, Ctrl-C with one line and 130
+(`tasks.errors.report`).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import socket
+import logging
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
+import httpx
 from prefect.settings import PREFECT_API_URL
 
-from tasks.errors import InputUnavailableError, report
+from tasks.errors import InputUnavailableError, debugging, report
+from tasks.infra.prefect_server import prefect_api
+from tasks.infra.servers import check_servers, masked
 from tasks.studies import load_params
 
-CONNECT_TIMEOUT = 3.0  # seconds to wait for a server before calling it unreachable
+
+class _NoErrorLogs(logging.Filter):
+    """Drops ERROR logs (a failed task's traceback, "Finished in state Failed", a database driver
+    interrupted by Ctrl-C): the error itself ends the command with one line (`tasks.errors.report`),
+    or with its traceback if it is a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
 
 
-def check_server(name: str, url: str | None, fix: str) -> None:
-    """InputUnavailableError naming `url` when nothing accepts a TCP connection there (http(s) only)."""
-    parts = urlsplit(url or "")
-    if parts.scheme not in ("http", "https"):
+def quiet_console() -> None:
+    """Prefect's console shows progress, not errors, unless AUTOPHAGY_DEBUG is set; the Prefect UI
+    keeps every log."""
+    if debugging():
         return
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT).close()
-    except OSError as exc:
-        raise InputUnavailableError(f"{name} at {url} is unreachable ({exc.strerror or exc}); {fix}") from None
-
-
-def check_mlflow_server() -> None:
-    """The MLflow tracking server of MLFLOW_TRACKING_URI, when it names one."""
-    check_server("the MLflow tracking server", os.environ.get("MLFLOW_TRACKING_URI"),
-                 "start it, or unset MLFLOW_TRACKING_URI to use the local .mlflow store")
-
-
-def check_servers() -> None:
-    """The MLflow tracking server and the Prefect API the run would use, when they are servers."""
-    check_mlflow_server()
-    check_server("the Prefect API", PREFECT_API_URL.value(),
-                 "start it (prefect server start), or unset PREFECT_API_URL to use a temporary server")
+    for handler in logging.getLogger().handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler":
+            handler.addFilter(_NoErrorLogs())
 
 
 def main(flow_fn: Callable[..., object], studies: list[str], argv: list[str] | None = None,
@@ -68,6 +63,14 @@ def main(flow_fn: Callable[..., object], studies: list[str], argv: list[str] | N
         check_servers()
         if preflight:
             preflight(**kwargs)
-        flow_fn(**kwargs)
+        with prefect_api():
+            try:
+                flow_fn(**kwargs)
+            except httpx.HTTPError as exc:  # PrefectHTTPStatusError is one
+                raise InputUnavailableError(
+                    f"the Prefect API at {masked(PREFECT_API_URL.value())} failed during the run "
+                    f"({str(exc).splitlines()[0][:200]}); check the server, then rerun the same command to "
+                    "resume") from None
 
+    quiet_console()
     return report(run)

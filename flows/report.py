@@ -18,9 +18,9 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from flows.cli import check_mlflow_server
 from tasks.errors import ReportError, UserError
 from tasks.infra.paths import StudyPaths
+from tasks.infra.servers import check_mlflow_server
 from tasks.infra.tracking import Store
 from tasks.outputs.reports import write_report
 from tasks.studies import BY_NAME, spec

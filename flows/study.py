@@ -17,12 +17,14 @@ from prefect import flow
 
 from flows.cli import main
 from flows.self_consuming import run_study
+from tasks.infra.lock import check_unlocked
 from tasks.studies import STUDIES, load_params, spec
 
 
 def preflight(study: str, params_file: str, overlay: str | None = None, root: str = ".") -> None:
-    """Build the study once: every input it needs is there and fits the params."""
-    spec(study).build(load_params(params_file, overlay), Path(root))
+    """Build the study once: every input it needs is there and fits the params, and no other run holds it."""
+    studies = spec(study).studies(load_params(params_file, overlay), Path(root))
+    check_unlocked(Path(root), studies[0].experiment)
 
 
 @flow(name="study", flow_run_name="{study}", log_prints=True)
@@ -31,7 +33,7 @@ def study_flow(study: str, params_file: str = "params.yaml", root: str = ".", ov
 
     `overlay`: a params file laid over `params_file`, holding only what differs (params.paper.yaml)."""
     entry, params = spec(study), load_params(params_file, overlay)
-    studies = entry.build(params, Path(root))
+    studies = entry.studies(params, Path(root))
     return run_study(studies, params, Path(root), entry.figures, entry.section)
 
 

@@ -36,14 +36,14 @@ from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, PREFECT_HOME, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from flows.cli import check_servers
 from flows.study import study_flow
 from tasks.errors import ParamsError, report
+from tasks.infra.prefect_server import prefect_api
+from tasks.infra.servers import check_servers
 from tasks.infra.sweep import Point, load_sweep, write_point_params
 from tasks.infra.tracking import StudyTracker, SweepPoint, sweep_point
 
 Runner = Literal["threads", "dask"]
-SERVER_START_SECONDS = 120  # a new server database is migrated first: 20 s and more on a busy machine
 # A SQLite-backed Prefect server answers 503 while its database is locked; with two or more workers
 # writing task runs on a busy machine that outlasted the default 5 retries (about 1 min of back-off).
 # The settings travel with every task to the workers; 8 retries back off for up to about 8 min.
@@ -135,14 +135,8 @@ def one_server(address: str | None = None) -> Iterator[None]:
         return
     if address:
         raise no_server_for(address)
-    with tempfile.TemporaryDirectory() as home, temporary_settings(updates={PREFECT_HOME: home}):
-        server = SubprocessASGIServer()
-        try:
-            server.start(timeout=SERVER_START_SECONDS)
-            with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-                yield
-        finally:
-            server.stop()
+    with tempfile.TemporaryDirectory() as home, temporary_settings(updates={PREFECT_HOME: home}), prefect_api():
+        yield
 
 
 def main(argv: list[str] | None = None) -> int:

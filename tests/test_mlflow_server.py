@@ -20,6 +20,7 @@ import pytest
 
 from flows.study import study_flow
 from flows.report import main as report
+from tasks.infra.servers import check_mlflow_server
 
 from conftest import ROOT, api_json, colour, figure_pixels, free_port, subprocess_env, wait_for, write_params
 
@@ -178,3 +179,9 @@ def test_mlflow_ui_lists_the_study_runs(mlflow_server, served_study, tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     _chromium(url, tmp_path / "screenshot", f"--screenshot={screenshot}", "--window-size=1400,900")
     assert screenshot.stat().st_size > 20_000
+
+
+def test_the_server_check_passes_on_a_real_server(mlflow_server, monkeypatch):
+    """The REST call of the pre-run check (tasks/infra/servers.py) is one a real tracking server answers."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    check_mlflow_server()

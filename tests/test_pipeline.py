@@ -4,6 +4,7 @@ server, MLflow on SQLite; resuming after SIGKILL; corrupt and stale data."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -137,8 +138,17 @@ def test_killed_run_resumes_with_identical_numbers(tmp_path, prefect_api, monkey
     stamps = [path.stat().st_mtime_ns for path in kept]
 
     monkeypatch.chdir(killed)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the rerun logs to the killed run's store, killed/.mlflow
     assert main(study_flow, ["gaussian"], ["gaussian", str(params)]) == 0
     assert [path.stat().st_mtime_ns for path in kept] == stamps  # resumed, not started over
+    client = MlflowClient(f"sqlite:///{killed / '.mlflow/mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("gaussian").experiment_id])
+    status = {(r.data.tags["pid"], r.data.tags["level"], r.data.tags.get("method")): r.info.status for r in runs
+              if r.data.tags["level"] != "seed"}
+    dead, rerun = str(process.pid), str(os.getpid())
+    assert status == {(dead, "study", None): "KILLED", (dead, "method", "mle"): "FINISHED",
+                      (dead, "method", "ple"): "KILLED", (rerun, "study", None): "FINISHED",
+                      (rerun, "method", "mle"): "FINISHED", (rerun, "method", "ple"): "FINISHED"}
     for name in ("per_generation.csv", "curves.csv", "summary.json"):
         assert (killed / "metrics/gaussian" / name).read_bytes() == (reference / "metrics/gaussian" / name).read_bytes()
     for path in sorted((reference / "data/generations").rglob("*.parquet")):
@@ -156,7 +166,7 @@ def test_edited_generation_is_detected_with_the_fix(tmp_path, prefect_api, monke
     capsys.readouterr()
     assert main(study_flow, ["gaussian"], ["gaussian", str(params)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "gen_002.parquet" in err and "`dvc checkout data/generations/gaussian`" in err and "\n" not in err
+    assert "gen_002.parquet" in err and "`dvc checkout --force data/generations/gaussian`" in err and "\n" not in err
     assert (tmp_path / "metrics/gaussian/summary.json").read_bytes() == summary
 
 

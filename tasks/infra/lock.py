@@ -19,7 +19,8 @@ from pathlib import Path
 from tasks.errors import LockedError
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -39,24 +40,51 @@ def _take(path: Path, holder: dict) -> bool:
     return True
 
 
+def _holder(path: Path) -> dict | None:
+    """Who holds the lock at `path`, if anyone; a stale lock (its process gone from this host) is removed.
+    A lock file still unreadable after a second (its writer killed mid-write) names no holder."""
+    for _ in range(50):
+        try:
+            other = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            time.sleep(0.02)  # being written: read again
+            continue
+        if other.get("host") == socket.gethostname() and not alive(int(other.get("pid", -1))):
+            path.unlink(missing_ok=True)
+            return None
+        return other
+    return {"run": "unknown (unreadable lock file)"}
+
+
+def _locked(experiment: str, other: dict, path: Path) -> LockedError:
+    return LockedError(f"{experiment} is locked by run {other.get('run')} (pid {other.get('pid')} on "
+                       f"{other.get('host')}, since {other.get('started')}); wait for it to finish, or "
+                       f"delete {path} if that run is dead")
+
+
+def lock_path(root: Path, experiment: str) -> Path:
+    return root / ".locks" / f"{experiment}.lock"
+
+
+def check_unlocked(root: Path, experiment: str) -> None:
+    """LockedError if a live run holds the experiment's lock: a command line checks before its flow starts."""
+    path = lock_path(root, experiment)
+    if (other := _holder(path)) is not None:
+        raise _locked(experiment, other, path)
+
+
 @contextlib.contextmanager
 def experiment_lock(root: Path, experiment: str, run: str) -> Iterator[Path]:
     """Hold `.locks/<experiment>.lock` for the duration; LockedError if a live run holds it."""
-    path = root / ".locks" / f"{experiment}.lock"
+    path = lock_path(root, experiment)
     path.parent.mkdir(parents=True, exist_ok=True)
     holder = {"run": run, "host": socket.gethostname(), "pid": os.getpid(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     while not _take(path, holder):
-        try:
-            other = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # being written or just removed: try again
-        if other.get("host") == holder["host"] and not _alive(int(other.get("pid", -1))):
-            path.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        raise LockedError(f"{experiment} is locked by run {other.get('run')} (pid {other.get('pid')} on "
-                          f"{other.get('host')}, since {other.get('started')}); wait for it to finish, or "
-                          f"delete {path} if that run is dead")
+        if (other := _holder(path)) is not None:
+            raise _locked(experiment, other, path)
     try:
         yield path
     finally:

@@ -4,14 +4,15 @@ method (and grid point), and under each of those a nested run per seed.
 The tracking URI is `MLFLOW_TRACKING_URI` when set, else a SQLite file in the repository
 (`.mlflow/mlflow.db`, artifacts in `.mlflow/artifacts`). Every run carries the same tags:
 `level` (study, method or seed), `experiment`, `loop_mode`, `point_keys` (the grid's keys,
-comma-separated, '' without a grid), `torch` and `device`; method and seed runs add `method`,
+comma-separated, '' without a grid), `torch`, `device`, and the `host` and `pid` of the process
+(a run left RUNNING by a process that no longer exists is marked KILLED when the study starts again); method and seed runs add `method`,
 `point` ('weight=0.95,n_samples=50', '' without a grid), one tag per grid key and label (the
 columns of `per_generation.csv`), and seed runs `seed`. Metric names are those of the tables:
 a method run has the seed statistics `<metric>_mean`, `_se`, `_median` (as `curves.csv`), a seed
 run its own `<metric>` (as `per_generation.csv`), both with step = generation. Params are logged
 on the parent and method runs (seed runs share them; leaving them out keeps a seed run at three
 calls). Each generation's dataset is an MLflow dataset input of the method run whose digest is
-the md5 DVC records for it.
+the md5 DVC records for it and whose source is its path relative to the working directory.
 A study run as one point of a sweep (`sweep_point`) logs into the sweep's store instead, its
 parent run nested under the sweep's run and tagged with the point.
 """
@@ -22,6 +23,7 @@ import contextlib
 import functools
 import json
 import os
+import socket
 import time
 import warnings
 from collections.abc import Iterator
@@ -34,7 +36,9 @@ import mlflow.data
 import pyarrow.parquet as pq
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus
+from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
 
+from tasks.infra.lock import alive
 from tasks.loop import GridPoint
 
 
@@ -89,7 +93,8 @@ def dataset_entity(path: Path, md5: str) -> Dataset:
     head = next(parquet.iter_batches(batch_size=256)).to_pandas()
     with warnings.catch_warnings():  # MLflow warns of integer columns and two local-file sources
         warnings.simplefilter("ignore", UserWarning)
-        sampled = mlflow.data.from_pandas(head, source=path.resolve().as_uri(), digest=md5)._to_mlflow_entity()
+        sampled = mlflow.data.from_pandas(head, source=Path(os.path.relpath(path)).as_posix(),
+                                          digest=md5)._to_mlflow_entity()
     rows = parquet.metadata.num_rows
     profile = {"num_rows": rows, "num_elements": rows * parquet.metadata.num_columns}
     return Dataset(name=f"{path.parent.name}/{path.stem}", digest=md5, source_type=sampled.source_type,
@@ -107,7 +112,8 @@ class StudyTracker:
         self.store = point.store if point else Store.of(mlflow_dir)
         self.client = client(self.store.uri)
         self.params = [Param(key, str(value)) for key, value in params.items()]
-        self.tags = {"experiment": experiment, **tags, **(point.tags if point else {})}
+        self.tags = {"experiment": experiment, **tags, **(point.tags if point else {}),
+                     "host": socket.gethostname(), "pid": str(os.getpid())}
         self.methods: dict[str, tuple[str, dict[str, str]]] = {}  # method run id -> (name, tags)
         self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-seeds")
         self.pending: list[Future] = []
@@ -116,10 +122,19 @@ class StudyTracker:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=self.store.artifacts)
         else:
             self.experiment_id = found.experiment_id
+            self._mark_killed()
         nested = {"mlflow.parentRunId": point.parent_id} if point else {}
         self.parent_id = self._run(name or f"{experiment} {time.strftime('%Y-%m-%d %H:%M:%S')}",
                                    {"level": "study", **self.tags, **nested})
         self.client.log_batch(self.parent_id, params=self.params)
+
+    def _mark_killed(self) -> None:
+        """Runs of this experiment left RUNNING by a process of this host that no longer exists become KILLED."""
+        host = self.tags["host"].replace("'", "")
+        for run in self.client.search_runs([self.experiment_id], f"attributes.status = 'RUNNING' and "
+                                           f"tags.host = '{host}'", max_results=SEARCH_MAX_RESULTS_DEFAULT):
+            if not alive(int(run.data.tags.get("pid", "-1"))):
+                self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
 
     def _run(self, name: str, tags: dict[str, str], parent: str | None = None) -> str:
         tags = tags if parent is None else {**tags, "mlflow.parentRunId": parent}

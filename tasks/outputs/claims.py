@@ -159,7 +159,7 @@ def _is_summary(doc: object) -> bool:
 def read_summary(study: str, root: Path = Path(".")) -> dict | None:
     """metrics/<study>/summary.json; None when it does not exist, InputUnavailableError when it cannot be used."""
     path = root / "metrics" / study / "summary.json"
-    fix = f"restore it with `dvc checkout {path}` or rerun `dvc repro {study}`"
+    fix = f"restore it with `git checkout -- {path}` (DVC does not cache it) or rerun `dvc repro {study}`"
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:

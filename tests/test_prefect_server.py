@@ -1,0 +1,120 @@
+"""The temporary Prefect server of a command line run without PREFECT_API_URL (tasks/infra/prefect_server.py):
+one server, gone when the run ends or is killed, and one line when it does not come up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_DATABASE_CONNECTION_URL,
+                              PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings)
+
+from tasks.errors import InputUnavailableError
+from tasks.infra.prefect_server import prefect_api
+
+from conftest import ROOT, subprocess_env, write_params
+
+TINY_FLOW = """
+import json, sys
+import psutil
+from prefect import flow
+from flows.cli import main
+
+@flow
+def tiny(study: str, params_file: str, overlay: str | None = None) -> None:
+    children = [(child.pid, child.create_time(), child.cmdline()) for child in psutil.Process().children()]
+    print(json.dumps(children), file=open("children.json", "w"))
+
+sys.exit(main(tiny, ["gaussian"]))
+"""
+
+
+def _env() -> dict[str, str]:
+    """No PREFECT_API_URL; start-up time for a loaded machine (the session's test server gets 60 s)."""
+    return {**subprocess_env(), "PYTHONPATH": str(ROOT), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.name: "120"}
+
+
+def _is_server(process: psutil.Process) -> bool:
+    try:
+        return process.cmdline()[1:3] == ["-m", "uvicorn"]
+    except psutil.Error:
+        return False
+
+
+def _running(pid: int, started: float) -> bool:
+    """Whether the process `pid` started at `started` runs (a zombie has ended; it waits for its adopter to reap it)."""
+    try:
+        process = psutil.Process(pid)
+        return abs(process.create_time() - started) < 0.01 and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _ends(pid: int, started: float, seconds: float = 5) -> bool:
+    """Whether the process `pid` started at `started` ends within `seconds`; kills it if not."""
+    deadline = time.monotonic() + seconds
+    while _running(pid, started):
+        if time.monotonic() > deadline:
+            psutil.Process(pid).kill()
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.slow
+def test_a_killed_run_takes_its_server_along(tmp_path):
+    """SIGKILL of a study in mid-run: its server child ends within seconds (the kernel kills it)."""
+    params = write_params(tmp_path, gaussian={"n_samples": 5, "generations": 4, "seeds": 4})
+    with open(tmp_path / "run.log", "w") as log:
+        run = subprocess.Popen([sys.executable, "-m", "flows.study", "gaussian", str(params)], cwd=tmp_path, env=_env(),
+                               stdout=log, stderr=subprocess.STDOUT)
+    try:
+        written, deadline = tmp_path / "data/generations/gaussian/mle/gen_000.parquet", time.monotonic() + 300
+        while not written.exists():
+            assert run.poll() is None and time.monotonic() < deadline, (tmp_path / "run.log").read_text()[-3000:]
+            time.sleep(0.05)
+        children = psutil.Process(run.pid).children()
+        servers = [(child.pid, child.create_time()) for child in children if _is_server(child)]
+    finally:
+        run.kill()
+        run.wait()
+    assert len(servers) == 1
+    assert _ends(*servers[0]), "the server outlived its run"
+
+
+@pytest.mark.slow
+def test_a_finished_run_used_one_server_and_stopped_it(tmp_path):
+    """A command line run: exit 0; during its flow one child, the server (not a second one Prefect started),
+    which has ended once the run has; no errors sending logs to it."""
+    (tmp_path / "tiny.py").write_text(TINY_FLOW)
+    write_params(tmp_path)
+    result = subprocess.run([sys.executable, "tiny.py", "gaussian", "params.yaml"], cwd=tmp_path,
+                            env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "error" not in result.stderr.lower(), result.stderr[-3000:]
+    children = json.loads((tmp_path / "children.json").read_text())
+    assert [command[1:3] for _, _, command in children] == [["-m", "uvicorn"]]
+    assert _ends(*children[0][:2]), "the server outlived its run"
+
+
+@pytest.mark.parametrize("setting, value, expected", [
+    (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, 1,
+     r"did not answer GET /health within 1 s; raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or start"),
+    (PREFECT_SERVER_DATABASE_CONNECTION_URL, "sqlite+aiosqlite:////proc/none/prefect.db",
+     r"exited with code \d+ \(sqlite3.OperationalError: unable to open database file\); fix that, or start"),
+], ids=["timeout", "crash"])
+def test_a_server_that_does_not_come_up_is_one_line_and_stopped(setting, value, expected):
+    """Too short a start-up time, a database the server cannot open: one line naming the server, the cause
+    and the fixes; the block never runs and no server is left."""
+    before = set(psutil.Process().children())
+    with temporary_settings(updates={setting: value}, restore_defaults={PREFECT_API_URL}):
+        with pytest.raises(InputUnavailableError, match=expected) as caught:
+            with prefect_api():
+                pytest.fail("the block ran without a server")
+    assert str(caught.value).startswith("the temporary Prefect server at http://127.0.0.1:")
+    assert "\n" not in str(caught.value)
+    assert set(psutil.Process().children()) == before
