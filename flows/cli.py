@@ -36,9 +36,10 @@ class _NoErrorLogs(logging.Filter):
 
 def quiet_console() -> None:
     """Prefect's console shows progress, not errors, unless AUTOPHAGY_DEBUG is set; the Prefect UI
-    keeps every log."""
+    keeps every log. Log handlers that fail (logs sent to a Prefect API that died) stay silent."""
     if debugging():
         return
+    logging.raiseExceptions = False
     for handler in logging.getLogger().handlers:
         if type(handler).__name__ == "PrefectConsoleHandler":
             handler.addFilter(_NoErrorLogs())

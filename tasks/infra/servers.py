@@ -20,7 +20,7 @@ from prefect.settings import PREFECT_API_URL
 
 from tasks.errors import InputUnavailableError
 
-TIMEOUT = 3.0  # seconds for a server to accept the connection and answer
+TIMEOUT = 8.0  # seconds for a server to accept the connection and answer (a busy local server can take seconds)
 
 
 def masked(url: str) -> str:
