@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Callable
 
 import httpx
+from mlflow.exceptions import MlflowException
 from prefect.settings import PREFECT_API_URL
 
 from tasks.errors import InputUnavailableError, debugging, report
@@ -45,6 +47,12 @@ def quiet_console() -> None:
             handler.addFilter(_NoErrorLogs())
 
 
+def _failed_during_run(server: str, exc: Exception) -> InputUnavailableError:
+    """`server` (its name and URL) failed with `exc` while the flow ran: one line, credentials masked."""
+    return InputUnavailableError(masked(f"{server} failed during the run ({str(exc).splitlines()[0][:200]}); "
+                                        "check the server, then rerun the same command to resume"))
+
+
 def main(flow_fn: Callable[..., object], studies: list[str], argv: list[str] | None = None,
          preflight: Callable[..., object] | None = None) -> int:
     """Run `flow_fn(study=..., params_file=..., overlay=...)` for one of `studies`.
@@ -68,10 +76,12 @@ def main(flow_fn: Callable[..., object], studies: list[str], argv: list[str] | N
             try:
                 flow_fn(**kwargs)
             except httpx.HTTPError as exc:  # PrefectHTTPStatusError is one
-                raise InputUnavailableError(
-                    f"the Prefect API at {masked(PREFECT_API_URL.value())} failed during the run "
-                    f"({str(exc).splitlines()[0][:200]}); check the server, then rerun the same command to "
-                    "resume") from None
+                raise _failed_during_run(f"the Prefect API at {PREFECT_API_URL.value()}", exc) from None
+            except MlflowException as exc:
+                if not str(exc).startswith("API request to"):  # not the server's failure
+                    raise
+                raise _failed_during_run(f"the MLflow tracking server at {os.environ['MLFLOW_TRACKING_URI']}",
+                                         exc) from None
 
     quiet_console()
     return report(run)

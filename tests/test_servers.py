@@ -120,6 +120,8 @@ def test_an_answering_server_passes_and_other_schemes_are_not_checked():
     ("postgresql://ada:pw@db/mlflow", "postgresql://ada:***@db/mlflow"),
     ("http://host:5000", "http://host:5000"),
     ("http://ada@host", "http://ada@host"),
+    ("API request to http://ada:pw@host/api/2.0/x failed; postgresql://bo:x%40y@db/m", "API request to "
+     "http://ada:***@host/api/2.0/x failed; postgresql://bo:***@db/m"),
 ])
 def test_masked(url, shown):
     assert servers.masked(url) == shown
@@ -172,3 +174,19 @@ def test_a_prefect_api_that_dies_during_the_run_is_one_line(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: the Prefect API at {url} failed during the run ("), err
     assert err.endswith("; check the server, then rerun the same command to resume\n")
+
+
+def test_a_tracking_server_failing_during_the_run_is_one_line(tmp_path, monkeypatch, capsys, prefect_api):
+    """A server that passes the check (its GETs answer) but refuses every write (POST: HTTP 501), its
+    credentials masked in the line."""
+    path = write_params(tmp_path, gaussian={"n_samples": 8, "generations": 2, "seeds": 2})
+    monkeypatch.chdir(tmp_path)
+    with http_server(200) as (port, seen):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://ada:pw@127.0.0.1:{port}")
+        assert main(study_flow, ["gaussian"], ["gaussian", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pw" not in err, err
+    assert err.startswith(f"error: the MLflow tracking server at http://ada:***@127.0.0.1:{port} failed during the "
+                          "run (API request to ")
+    assert err.endswith("; check the server, then rerun the same command to resume\n")
+    assert seen[0] == ("/api/2.0/mlflow/experiments/search?max_results=1", "Basic YWRhOnB3")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import urllib.error
 import urllib.request
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -20,15 +21,13 @@ from prefect.settings import PREFECT_API_URL
 
 from tasks.errors import InputUnavailableError
 
+CREDENTIALS = re.compile(r"(//[^/@\s:]+):[^/@\s]*@")  # //user:password@ in a URL
 TIMEOUT = 8.0  # seconds for a server to accept the connection and answer (a busy local server can take seconds)
 
 
-def masked(url: str) -> str:
-    """`url` with the password of its user info replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{_host(parts.netloc)}"))
+def masked(text: str) -> str:
+    """`text` with the password of every URL's user info replaced by ***."""
+    return CREDENTIALS.sub(r"\1:***@", text)
 
 
 def _host(netloc: str) -> str:
