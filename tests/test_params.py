@@ -17,7 +17,8 @@ from flows.cli import main
 from flows.study import preflight, study_flow
 from tasks.errors import ParamsError
 from tasks.params import flatten
-from tasks.studies import load_params
+from tasks.studies import load_params, spec
+from tasks.studies.base import dataset_bytes
 
 from conftest import ROOT, subprocess_env, write_params
 
@@ -103,6 +104,14 @@ def test_missing_key_is_named(tmp_path):
     path = write_params(tmp_path)
     _remove_key(path, "gaussian", "seeds")
     with pytest.raises(ParamsError, match="key 'gaussian.seeds' is missing"):
+        load_params(path)
+
+
+def test_a_misspelt_key_is_named_before_the_key_it_leaves_missing(tmp_path):
+    path = write_params(tmp_path, gaussian={"n_sample": 10})
+    _remove_key(path, "gaussian", "n_samples")
+    with pytest.raises(ParamsError, match=r"unknown key 'gaussian.n_sample'; did you mean 'n_samples'\? .* \(and 1 more "
+                                          r"problem\(s\)\)$"):
         load_params(path)
 
 
@@ -238,3 +247,14 @@ def test_unreachable_servers_stop_within_seconds(tmp_path, variable, value, name
     assert result.stderr.strip().count("\n") == 0
     assert elapsed < 30  # interpreter start-up and imports included; the check itself takes milliseconds
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_the_memory_estimate_counts_four_float32_datasets_and_accumulation(tmp_path):
+    """seeds x points x values per point x 4 bytes x 4 datasets; D_g holds every generation's points when it
+    accumulates. Checked on a scalar study and on an image study (8 x 8 digits)."""
+    params = load_params(write_params(tmp_path, gaussian={"seeds": 7, "n_samples": 11, "generations": 3}))
+    (gaussian,) = spec("gaussian").studies(params, ROOT)
+    assert dataset_bytes(gaussian, "replace") == 16 * 7 * 11 and dataset_bytes(gaussian, "fresh") == 16 * 7 * 11
+    assert dataset_bytes(gaussian, "accumulate") == 16 * 7 * 11 * 3
+    (digits,) = spec("digits").studies(params, ROOT)
+    assert dataset_bytes(digits, "replace") == 16 * params.digits.seeds * params.digits.n_samples * 64
