@@ -103,7 +103,7 @@ def test_make_run_lists_the_registry_defaults():
 
 def test_params_has_a_section_per_study_and_only_those():
     sections = {s.section for s in STUDIES}
-    assert set(Params.model_fields) == sections | {"seed", "methods", "loop"}
+    assert set(Params.model_fields) == sections | {"seed", "max_generations", "methods", "loop"}
     params = load_params(ROOT / "params.yaml")
     for study in STUDIES:
         section = getattr(params, study.section)
