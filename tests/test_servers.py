@@ -12,16 +12,13 @@ import threading
 import time
 from collections.abc import Iterator
 
-import psutil
 import pytest
-from prefect.settings import (PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-                              temporary_settings)
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.cli import main
 from flows.study import study_flow
 from tasks.errors import InputUnavailableError
 from tasks.infra import servers
-from tasks.infra.prefect_server import temporary_server
 
 from conftest import ROOT, free_port, subprocess_env, write_params
 
@@ -152,28 +149,6 @@ def test_the_command_line_stops_on_a_wrong_server_in_one_line(tmp_path):
                              "the local .mlflow store\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
-
-
-@pytest.mark.slow
-def test_a_prefect_api_that_dies_during_the_run_is_one_line(tmp_path, monkeypatch, capsys):
-    """A temporary Prefect server killed once generation 0 is recorded: the run ends with one line."""
-    path = write_params(tmp_path, gaussian={"n_samples": 8, "generations": 500, "seeds": 2}, methods=["mle"])
-    monkeypatch.chdir(tmp_path)
-    record = tmp_path / "data/generations/gaussian/mle/gen_000.json"
-    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 180}), temporary_server() as url, \
-            temporary_settings(updates={PREFECT_API_URL: url, PREFECT_CLIENT_MAX_RETRIES: 0}):
-        server = next(child for child in psutil.Process().children() if "uvicorn" in child.cmdline())
-
-        def kill_when_recorded() -> None:
-            while not record.exists():
-                time.sleep(0.05)
-            server.kill()
-
-        threading.Thread(target=kill_when_recorded, daemon=True).start()
-        assert main(study_flow, ["gaussian"], ["gaussian", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"error: the Prefect API at {url} failed during the run ("), err
-    assert err.endswith("; check the server, then rerun the same command to resume\n")
 
 
 def test_a_tracking_server_failing_during_the_run_is_one_line(tmp_path, monkeypatch, capsys, prefect_api):
