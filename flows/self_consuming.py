@@ -52,22 +52,25 @@ def method_loop(study: Study, settings: LoopParams, seed: int, experiment: str, 
 
     real0 = loop.real_dataset(study.draw_real(study.n_samples, loop.generator(seed, "real", 0)))
     meta = {"experiment": experiment, "loop_mode": settings.mode, "fingerprint": key,
-            "sampling_bias": str(settings.sampling_bias), "real_fraction": str(settings.real_fraction)}
+            "sampling_bias": str(settings.sampling_bias), "real_fraction": str(settings.real_fraction),
+            "real_points": str(settings.real_points)}
     path = storage.dataset_path(folder, start)
     if start == 0:
         data, md5 = real0, steps.save_dataset(path, real0, {**meta, "parent_md5": ""}, method, 0)
     else:
         data, md5 = resume.resume_dataset(folder, output, key, records)
-    _, n_synth = loop.split_counts(settings.mode, study.n_samples, settings.real_fraction)
+    _, n_synth = loop.split_counts(settings.mode, study.n_samples, settings.real_fraction, settings.real_points)
 
     for g in range(start, generations):
-        model = steps.fit_model(study, data, method, seed, g)
+        train = loop.training_data(settings.mode, data, study.n_samples, loop.generator(seed, "subsample", method, g))
+        model = steps.fit_model(study, train, method, seed, g)
         curves = study.training_curves(model)
         if curves:
             steps.log_training(tracking_uri, run_id, curves, method, g)
-        metrics = steps.evaluate_model(study, model, data, method, g)
+        metrics = steps.evaluate_model(study, model, train, method, g)
         if g + 1 < generations:
-            synthetic = steps.sample_model(study, model, n_synth, settings.sampling_bias, method, seed, g + 1)
+            synthetic, kept = steps.sample_model(study, model, n_synth, settings, method, seed, g + 1)
+            metrics = {**metrics, **kept}
             next_data = steps.build_dataset(study, settings, data, real0, synthetic, method, seed, g + 1)
             next_path = storage.dataset_path(folder, g + 1)
             next_md5 = steps.save_dataset(next_path, next_data, {**meta, "parent_md5": md5}, method, g + 1)

@@ -60,11 +60,24 @@ class Family(Generative):
     def sample(self, report: Report, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
         """(S, n, 1) draws from the reported parameters, spread scaled by sqrt(sampling_bias)."""
 
+    @abstractmethod
+    def log_prob(self, report: Report, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) (S, n) of points x (S, n, 1) under the reported parameters (S,); -inf off the support."""
+
+
+def true_report(family: Family | TwoGaussians, seeds: int) -> Report:
+    """The family's true parameters, (seeds,) each, in float64."""
+    return {k: torch.full((seeds,), v, dtype=torch.float64) for k, v in family.truth.items()}
+
 
 def draw_true(family: Family | TwoGaussians, seeds: int, n: int, generator: torch.Generator) -> torch.Tensor:
     """(seeds, n, 1) draws from the family at its true parameters."""
-    report = {k: torch.full((seeds,), v, dtype=torch.float64) for k, v in family.truth.items()}
-    return family.sample(report, n, 1.0, generator)
+    return family.sample(true_report(family, seeds), n, 1.0, generator)
+
+
+def _column(report: Report, name: str) -> torch.Tensor:
+    """The reported parameter (S,) as (S, 1, 1), to broadcast over points (S, n, 1)."""
+    return report[name][:, None, None]
 
 
 def _standard_draws(family: Family, report: Report, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -91,6 +104,11 @@ class Normal(Family):
     def sample(self, report, n, sampling_bias, generator):
         z = _standard_draws(self, report, n, generator)
         return report["mu"][:, None, None] + math.sqrt(sampling_bias) * report["sigma"][:, None, None] * z
+
+    def log_prob(self, report, x):
+        """-(x - mu)^2 / (2 sigma^2) - log sigma - log(2 pi) / 2."""
+        sigma = _column(report, "sigma")
+        return (-0.5 * ((x - _column(report, "mu")) / sigma).pow(2) - sigma.log() - 0.5 * math.log(2 * math.pi))[..., 0]
 
 
 class Uniform(Family):
@@ -121,6 +139,11 @@ class Uniform(Family):
         a, b = report["a"][:, None, None], report["b"][:, None, None]
         return a + (b - a) * (0.5 + math.sqrt(sampling_bias) * (u - 0.5))
 
+    def log_prob(self, report, x):
+        """-log(b - a) on [a, b]: every point of the support is equally likely."""
+        a, b = _column(report, "a"), _column(report, "b")
+        return torch.where((x >= a) & (x <= b), -(b - a).log(), -math.inf)[..., 0]
+
 
 class Exponential(Family):
     """theta = log rate (one entry)."""
@@ -149,6 +172,11 @@ class Exponential(Family):
     def sample(self, report, n, sampling_bias, generator):
         return math.sqrt(sampling_bias) * _standard_draws(self, report, n, generator) / report["rate"][:, None, None]
 
+    def log_prob(self, report, x):
+        """log rate - rate x for x >= 0."""
+        rate = _column(report, "rate")
+        return torch.where(x >= 0, rate.log() - rate * x, -math.inf)[..., 0]
+
 
 class Laplace(Family):
     truth = {"mu": 0.0, "b": 1.0}
@@ -169,6 +197,11 @@ class Laplace(Family):
     def sample(self, report, n, sampling_bias, generator):
         z = _standard_draws(self, report, n, generator)
         return report["mu"][:, None, None] + math.sqrt(sampling_bias) * report["b"][:, None, None] * z
+
+    def log_prob(self, report, x):
+        """-|x - mu| / b - log(2 b)."""
+        b = _column(report, "b")
+        return (-(x - _column(report, "mu")).abs() / b - (2 * b).log())[..., 0]
 
 
 class TwoGaussians(GMMGenerator):
@@ -199,6 +232,9 @@ class TwoGaussians(GMMGenerator):
 
     def sample(self, report, n, sampling_bias, generator):
         return self._mixture(report).sample(n, sampling_bias, generator)
+
+    def log_prob(self, report, x):
+        return self._mixture(report).log_prob(x)
 
 
 FAMILIES: dict[str, type] = {"normal": Normal, "uniform": Uniform, "exponential": Exponential,

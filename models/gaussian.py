@@ -81,3 +81,27 @@ def expected_mle_variance(sigma2: float, n: int, generation: int, sampling_bias:
     generation samples with variance lambda * sigma_hat_(g-1)^2 and loses another (n-1)/n.
     """
     return sigma2 * ((n - 1) / n) ** (generation + 1) * sampling_bias**generation
+
+
+def expected_mle_variance_fresh(sigma2: float, n: int, n_real: int, n_synth: int, generations: int,
+                                sampling_bias: float) -> list[float]:
+    """E[sigma_hat_g^2], g = 0 .. generations-1, under MLE in the fresh loop: D_g holds N = n_r + n_s points,
+    n_r new real draws (variance sigma2, mean mu) and n_s samples of N(mu_(g-1), lambda v_(g-1)).
+
+    With v_g = sigma_hat_g^2, d_g = mu_hat_g - mu and T = n_r sigma2 + n_s lambda E[v_(g-1)]:
+
+        E[v_g]   = T (N-1) / N^2 + n_r n_s E[d_(g-1)^2] / N^2
+        E[d_g^2] = T / N^2 + n_s^2 E[d_(g-1)^2] / N^2
+
+    from E[SS] = (1 - 1/N) sum Var(z_i) + sum (E z_i - E zbar)^2, starting at E[v_0] = (n-1)/n sigma2 and
+    E[d_0^2] = sigma2 / n. Only second moments enter, so it holds for any real distribution; n_r = 0 gives
+    `expected_mle_variance`.
+    """
+    v, d2 = (n - 1) / n * sigma2, sigma2 / n
+    out = [v]
+    total = n_real + n_synth
+    for _ in range(1, generations):
+        t = n_real * sigma2 + n_synth * sampling_bias * v
+        v, d2 = (t * (total - 1) + n_real * n_synth * d2) / total**2, (t + n_synth**2 * d2) / total**2
+        out.append(v)
+    return out

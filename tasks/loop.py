@@ -3,13 +3,16 @@
 Generation 0 fits the real dataset D_0. Generation g >= 1 fits D_g, built from the n_synth
 samples S_g of model g-1:
 
-    replace     D_g = S_g
-    accumulate  D_g = D_(g-1) + S_g
-    augment     D_g = (a random real_fraction * n subset of D_0) + S_g
-    fresh       D_g = (a new real draw of real_fraction * n points) + S_g
+    replace               D_g = S_g
+    accumulate            D_g = D_(g-1) + S_g
+    accumulate_subsample  A_g = A_(g-1) + S_g (A_0 = D_0), D_g = n points of A_g drawn uniformly
+    augment               D_g = (a random subset of n_real points of D_0) + S_g
+    fresh                 D_g = (a new real draw of n_real points) + S_g
 
-A study plugs in by implementing `Study`; every study gets all four modes and the sampling
-bias for free. Randomness comes from generators keyed by (seed, purpose, ...), so a generation
+with n_real = round(real_fraction * n), or `real_points` when given as an amount. Under
+accumulate_subsample the stored datasets are the pools A_g. Before S_g enters D_g, a verifier may
+curate it (`tasks.curation`). A study plugs in by implementing `Study`; every study gets every mode,
+curation when it can verify, and the sampling bias for free. Randomness comes from generators keyed by (seed, purpose, ...), so a generation
 recomputed after a crash draws exactly the numbers it drew the first time.
 """
 
@@ -87,12 +90,27 @@ def generator(seed: int, *keys: object) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-def split_counts(mode: str, n: int, real_fraction: float) -> tuple[int, int]:
-    """(real, synthetic) sample counts of a later generation's fresh contribution."""
-    if mode in ("replace", "accumulate"):
+def split_counts(mode: str, n: int, real_fraction: float, real_points: int | None = None) -> tuple[int, int]:
+    """(real, synthetic) point counts of a later generation's new contribution: a proportion of n
+    (round(real_fraction * n) real, the rest synthetic), or an amount (real_points real beside n synthetic)."""
+    if mode not in ("augment", "fresh"):
         return 0, n
+    if real_points is not None:
+        return real_points, n
     n_real = round(real_fraction * n)
     return n_real, n - n_real
+
+
+def training_data(mode: str, stored: Dataset, n: int, rng: torch.Generator) -> Dataset:
+    """What model g fits: the stored D_g, or under accumulate_subsample n points of the stored pool A_g
+    drawn uniformly without replacement (kept in their stored order)."""
+    return subset(stored, n, rng) if mode == "accumulate_subsample" else stored
+
+
+def subset(data: Dataset, n: int, rng: torch.Generator) -> Dataset:
+    """n points of `data` drawn uniformly without replacement, in their order in `data`."""
+    keep = torch.randperm(len(data), generator=rng)[:n].sort().values
+    return Dataset(data.values[:, keep], data.is_real[keep])
 
 
 def real_dataset(values: torch.Tensor) -> Dataset:
@@ -112,20 +130,20 @@ def real_part(
 ) -> Dataset | None:
     """The real points of a later generation: a random subset of D_0 (augment), a new draw (fresh)."""
     if mode == "augment":
-        keep = torch.randperm(len(real0), generator=rng)[:n_real].sort().values
-        return Dataset(real0.values[:, keep], real0.is_real[keep])
+        return subset(real0, n_real, rng)
     if mode == "fresh":
         return real_dataset(draw_real(n_real))
     return None
 
 
 def next_dataset(mode: str, previous: Dataset, real: Dataset | None, synthetic: torch.Tensor) -> Dataset:
-    """D_g from D_(g-1), the real part of `real_part` and the synthetic samples S_g."""
+    """The stored dataset of generation g from generation g-1's, the real part of `real_part` and the
+    synthetic samples S_g (under accumulate_subsample the stored datasets are the pools A_g)."""
     samples = synthetic_dataset(synthetic)
     if mode == "replace":
         return samples
-    if mode == "accumulate":
+    if mode in ("accumulate", "accumulate_subsample"):
         return concat(previous, samples)
     if mode in ("augment", "fresh"):
         return concat(real, samples)
-    raise ValueError(f"unknown loop mode {mode!r}; use replace, accumulate, augment or fresh")
+    raise ValueError(f"unknown loop mode {mode!r}; use replace, accumulate, accumulate_subsample, augment or fresh")

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import ParamsError
 
-LoopMode = Literal["replace", "accumulate", "augment", "fresh"]
+LoopMode = Literal["replace", "accumulate", "accumulate_subsample", "augment", "fresh"]
 Method = Literal["mle", "hyper_mle", "ple"]
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -36,13 +36,42 @@ def unique(values: list | None) -> list | None:
     return values
 
 
+class CurationParams(Strict):
+    """`loop.curation`: how the synthetic samples S_g are verified before they enter D_g (docs/loop.md)."""
+
+    kind: Literal["none", "verifier", "top_k"] = Field(
+        default="none", description="none: S_g as sampled; verifier: keep the first n candidates scored >= "
+        "threshold; top_k: keep the n best scored of ceil(n / keep) candidates")
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="verifier: accept a candidate when its "
+                             "score >= threshold")
+    keep: float = Field(default=0.5, gt=0.0, le=1.0, description="top_k: the kept share n / ceil(n / keep) of "
+                        "the candidates drawn")
+    favour: str | None = Field(default=None, description="a biased verifier's favoured group (a class, a "
+                               "mixture component numbered from 1, ...); None: unbiased")
+    bias: float = Field(default=0.0, ge=0.0, le=1.0, description="probability that the biased verifier "
+                        "rejects a candidate it reads as a group other than favour")
+    max_rounds: int = Field(default=20, ge=1, description="verifier: rounds of n candidates per seed before "
+                            "the run stops for too few accepted")
+
+    @model_validator(mode="after")
+    def _bias_needs_favour(self) -> CurationParams:
+        if self.bias > 0 and self.favour is None:
+            raise ValueError("bias > 0 needs favour, the group the verifier favours")
+        return self
+
+
 class LoopParams(Strict):
     """How generation g's dataset D_g is built from the samples S_g of model g-1 (docs/loop.md)."""
 
     mode: LoopMode = Field(default="replace", description="replace: S_g; accumulate: D_(g-1) + S_g; "
+                           "accumulate_subsample: n points drawn from D_0 + S_1 + ... + S_g; "
                            "augment: D_0 subset + S_g; fresh: new real draw + S_g")
     real_fraction: float = Field(default=0.5, ge=0.0, le=1.0, description="real share of D_g in augment and fresh")
+    real_points: int | None = Field(default=None, ge=0, description="real data as an amount: this many real points "
+                                    "beside n synthetic ones in augment and fresh (replaces real_fraction)")
     sampling_bias: float = Field(default=1.0, gt=0.0, le=1.0, description="lambda: sample N(mu, lambda Sigma)")
+    curation: CurationParams = Field(default_factory=CurationParams, description="how S_g is verified before "
+                                     "it enters D_g")
 
 
 class HyperParams(Strict):

@@ -18,6 +18,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import loop
+from tasks.curation import curate
 from tasks.infra import storage, tracking
 from tasks.loop import Dataset, Study
 from tasks.params import LoopParams
@@ -39,17 +40,26 @@ def evaluate_model(study: Study, model: Any, data: Dataset, method: str, generat
 
 
 @task(name="sample", task_run_name="sample {method} gen {generation}", **COMPUTE)
-def sample_model(study: Study, model: Any, n: int, sampling_bias: float, method: str, seed: int,
-                 generation: int) -> torch.Tensor:
-    """S_g: n samples per seed of model g-1 (generation is the one the samples are for)."""
-    return study.sample(model, n, sampling_bias, loop.generator(seed, "sample", method, generation))
+def sample_model(study: Study, model: Any, n: int, settings: LoopParams, method: str, seed: int,
+                 generation: int) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """S_g: n samples per seed of model g-1 (generation is the one the samples are for), curated as
+    `settings.curation` says, with the kept shares per seed ({} without curation)."""
+
+    def draw(m: int, round_: int) -> torch.Tensor:
+        keys = (seed, "sample", method, generation) + ((round_,) if round_ else ())
+        return study.sample(model, m, settings.sampling_bias, loop.generator(*keys))
+
+    if settings.curation.kind == "none":
+        return draw(n, 0), {}
+    kept, shares = curate(draw, study, settings.curation, n, loop.generator(seed, "curate", method, generation))
+    return kept, {name: values.double().numpy() for name, values in shares.items()}
 
 
 @task(name="build-dataset", task_run_name="build {method} gen {generation}", **COMPUTE)
 def build_dataset(study: Study, settings: LoopParams, previous: Dataset, real0: Dataset, synthetic: torch.Tensor,
                   method: str, seed: int, generation: int) -> Dataset:
-    """D_g from D_(g-1), D_0 and S_g according to the loop mode."""
-    n_real, _ = loop.split_counts(settings.mode, study.n_samples, settings.real_fraction)
+    """D_g (or the pool A_g) from generation g-1's stored dataset, D_0 and S_g according to the loop mode."""
+    n_real, _ = loop.split_counts(settings.mode, study.n_samples, settings.real_fraction, settings.real_points)
     real = loop.real_part(
         settings.mode, real0, n_real,
         lambda n: study.draw_real(n, loop.generator(seed, "real", generation)),

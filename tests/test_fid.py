@@ -21,6 +21,7 @@ from tasks.studies.images.fid import classifier_extractor, extract_features, fre
 from tasks.studies.images.inception import (
     INCEPTION_WEIGHTS, fid_inception, inception_extractor, inception_weights_path, random_inception,
 )
+from tasks.studies.images.data import ImageSet
 from tasks.studies.images.params import ImageParams
 from tasks.studies.images.study import ImageStudy
 
@@ -264,7 +265,8 @@ def test_frechet_distance_silences_only_pytorch_fids_deprecated_sqrtm_argument()
 
 class LabelledStudy(ImageStudy):
     """An image study whose samples are given label maps: the reference classifier reads an image's
-    label from its first pixel, features are fixed random vectors; no generator, no classifier."""
+    label from its first pixel, features are fixed random vectors, around (50, 50) for label 8 (the
+    minority below); no generator, no classifier. The reference holds 40 images, 8 of them 8s."""
 
     def sample(self, model, n, sampling_bias, generator):
         return model.estimate
@@ -273,11 +275,15 @@ class LabelledStudy(ImageStudy):
         return images[:, 0, 0].long()
 
     def features(self, images):
-        return np.random.default_rng(int(images.sum())).normal(size=(len(images), 2))
+        return self.clustered(np.random.default_rng(int(images.sum())), self.predict(images))
 
     @property
     def reference_features(self):
-        return np.random.default_rng(0).normal(size=(40, 2)), None
+        return self.clustered(np.random.default_rng(0), self.reference.labels), None
+
+    @staticmethod
+    def clustered(rng: np.random.Generator, labels: torch.Tensor) -> np.ndarray:
+        return rng.normal(size=(len(labels), 2)) + 50.0 * (labels == 8).numpy()[:, None]
 
     def data_loss(self, model, x):
         return torch.zeros(len(x))
@@ -287,18 +293,27 @@ def test_minority_ratio_is_the_minority_share_over_its_real_share_and_share_othe
     """classes 3, 8, 6 at 0.5, 0.2, 0.3: the minority is 8 (the smallest proportion, neither the first class
     nor the smallest label), real share 0.2. Labels of 10 samples per seed and the expected ratios:
     seed 0: five 3s, three 8s, one 6, one 1 -> 0.3 / 0.2 = 1.5 (share_other 0.1); seed 1: six 3s, one 8,
-    three 6s -> 0.1 / 0.2 = 0.5; seed 2: no 8 -> 0; seed 3: two 8s -> 0.2 / 0.2 = 1 (fair)."""
+    three 6s -> 0.1 / 0.2 = 0.5; seed 2: no 8 -> 0; seed 3: two 8s -> 0.2 / 0.2 = 1 (fair). The features of 8s
+    lie apart: no sample reaches the 8s' real balls in seed 2 (minority_coverage 0), some in the others."""
     params = ImageParams(dataset="digits", classes=[3, 8, 6], proportions=[0.5, 0.2, 0.3], n_samples=10,
                          generations=1, seeds=4, eval_samples=10)
     assert params.minority == 8
     labels = torch.tensor([[3, 3, 3, 3, 3, 8, 8, 8, 6, 1], [3, 3, 3, 3, 3, 3, 8, 6, 6, 6],
                            [3, 3, 3, 3, 3, 6, 6, 6, 6, 6], [8, 8, 3, 3, 3, 3, 3, 6, 6, 6]], dtype=torch.uint8)
     images = labels[..., None, None].expand(-1, -1, 8, 8)
-    study = LabelledStudy(params=params, experiment="digits", train=None, reference=None, classifier=None,
-                          classifier_md5="", inception=None, device=CPU)
-    metrics = study.evaluate(Fitted(images), Dataset(images, torch.ones(10, dtype=torch.bool)))
+    metrics = labelled_study(params).evaluate(Fitted(images), Dataset(images, torch.ones(10, dtype=torch.bool)))
     assert metrics["minority_ratio"].tolist() == pytest.approx([1.5, 0.5, 0.0, 1.0], abs=1e-12)
     assert metrics["share_other"].tolist() == pytest.approx([0.1, 0.0, 0.0, 0.0], abs=1e-12)
+    assert metrics["minority_coverage"][2] == 0 and (metrics["minority_coverage"][[0, 1, 3]] > 0).all()
+    assert (metrics["coverage"] > metrics["minority_coverage"] * 8 / 40).all()  # majority balls reached too
+    assert (metrics["density"] > 0).all() and ((metrics["vendi"] >= 1) & (metrics["vendi"] <= 2)).all()  # D = 2
+
+
+def labelled_study(params: ImageParams) -> LabelledStudy:
+    labels = torch.tensor([8] * 8 + [3, 6] * 16)
+    reference = ImageSet(labels[:, None, None].expand(-1, 8, 8).to(torch.uint8), labels, "digits")
+    return LabelledStudy(params=params, experiment="digits", train=None, reference=reference, classifier=None,
+                         classifier_md5="", inception=None, device=CPU)
 
 
 def test_classifier_learns_digits(digits, split, classifier):

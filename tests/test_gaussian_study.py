@@ -2,6 +2,10 @@
 checked against theory (docs/methods.md, docs/loop.md):
 
 - MLE in the replace loop: E[sigma_hat_g^2] = sigma^2 ((n-1)/n)^(g+1) lambda^g;
+- MLE in the fresh loop, real data as a proportion or an amount: the recursion of
+  `models.gaussian.expected_mle_variance_fresh`;
+- MLE in the accumulate_subsample loop: the generation-1 law below, and every generation against a
+  direct NumPy simulation of the loop's definition;
 - PLE: E[sigma_hat_g] = sigma for normal data and lambda = 1 (the estimate is a martingale).
 
 Every comparison allows 4 standard errors over the seeds of that generation.
@@ -9,11 +13,12 @@ Every comparison allows 4 standard errors over the seeds of that generation.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from flows.study import study_flow
-from models.gaussian import expected_mle_variance
+from models.gaussian import expected_mle_variance, expected_mle_variance_fresh
 
 from conftest import colour, figure_pixels, write_params
 
@@ -25,8 +30,8 @@ CASES = [  # n, generations, sampling bias: short chains for small n, whose PLE 
 ]
 
 
-def _run(tmp_path, n, generations, bias, seeds=3000, distribution="normal", mode="replace") -> pd.DataFrame:
-    params = write_params(tmp_path, seed=11, loop={"mode": mode, "sampling_bias": bias},
+def _run(tmp_path, n, generations, bias, seeds=3000, distribution="normal", mode="replace", **loop) -> pd.DataFrame:
+    params = write_params(tmp_path, seed=11, loop={"mode": mode, "sampling_bias": bias, **loop},
                           gaussian={"n_samples": n, "generations": generations, "seeds": seeds,
                                     "distribution": distribution})
     return study_flow(study="gaussian", params_file=str(params), root=str(tmp_path))
@@ -63,6 +68,60 @@ def test_uniform_data_keeps_the_mle_law_and_the_bias_column(tmp_path, prefect_ap
     bias = tidy[tidy.metric == "sigma_bias"].value.to_numpy()
     sigma = tidy[tidy.metric == "sigma_hat"].value.to_numpy()
     assert abs((sigma - bias) - 12**-0.5).max() < 1e-12
+
+
+def test_the_fresh_law_without_real_points_is_the_replace_law():
+    recursion = expected_mle_variance_fresh(2.0, 7, 0, 7, 9, 0.8)
+    assert np.allclose(recursion, [expected_mle_variance(2.0, 7, g, 0.8) for g in range(9)], rtol=1e-12)
+
+
+@pytest.mark.parametrize("loop", [{"real_fraction": 0.5}, {"real_points": 3}], ids=["proportion", "amount"])
+def test_mle_variance_in_the_fresh_loop_follows_its_recursion(tmp_path, prefect_api, loop):
+    """n = 6: real data as a proportion (3 real + 3 synthetic points) or an amount (3 real beside 6 synthetic);
+    the law also differs from replace's by many standard errors, so the test tells the modes apart."""
+    n, generations = 6, 8
+    stats = _by_generation(_run(tmp_path, n, generations, 1.0, mode="fresh", **loop), "mle", "sigma2_hat")
+    n_real = 3
+    n_synth = n - n_real if "real_fraction" in loop else n
+    theory = pd.Series(expected_mle_variance_fresh(1.0, n, n_real, n_synth, generations, 1.0), index=stats.index)
+    z = (stats["mean"] - theory) / stats["se"]
+    assert (z.abs() < 4).all(), z.round(2).to_dict()
+    assert theory.iloc[-1] - expected_mle_variance(1.0, n, generations - 1, 1.0) > 10 * stats["se"].iloc[-1]
+
+
+def _accumulate_subsample_reference(n: int, generations: int, seeds: int, rng: np.random.Generator) -> np.ndarray:
+    """E[sigma_hat_g^2] by direct simulation of the definition (docs/loop.md): pool A_0 = D_0 ~ N(0, 1);
+    model g = (mean, biased variance) of n points of A_g drawn without replacement; A_(g+1) = A_g + n
+    samples of model g. Returns (generations, seeds) variances."""
+    out = np.empty((generations, seeds))
+    for s in range(seeds):
+        pool = rng.normal(size=n)
+        for g in range(generations):
+            fit = rng.choice(pool, size=n, replace=False)
+            out[g, s] = fit.var()
+            pool = np.concatenate([pool, rng.normal(fit.mean(), fit.std(), size=n)])
+    return out
+
+
+def test_mle_variance_in_the_accumulate_subsample_loop(tmp_path, prefect_api):
+    """Generation 1 against its law: A_1 = D_0 + S_1 (M = 2n points), D_1 = n of them without replacement,
+    so E[v_1 | A_1] = (n-1)/n SS(A_1)/(M-1), and E[SS(A_1)] = E[v_0] (n + (n - 1/2) lambda) (within D_0,
+    within S_1, and the gap of their means, whose variance is lambda v_0 / n), with E[v_0] = (n-1)/n:
+
+        E[v_1] = ((n-1)/n)^2 (n + (n - 1/2) lambda) / (2n - 1)
+
+    Every generation against a direct simulation of the definition (independent of the pipeline's code);
+    both within 4 combined standard errors."""
+    n, generations, seeds = 4, 5, 6000
+    stats = _by_generation(_run(tmp_path, n, generations, 1.0, seeds=seeds, mode="accumulate_subsample"), "mle",
+                           "sigma2_hat")
+    law = ((n - 1) / n) ** 2 * (n + (n - 0.5)) / (2 * n - 1)
+    assert abs(stats["mean"][1] - law) < 4 * stats["se"][1], (stats["mean"][1], law)
+    assert law - expected_mle_variance(1.0, n, 1, 1.0) > 4 * stats["se"][1]  # not replace's law
+    reference = _accumulate_subsample_reference(n, generations, seeds, np.random.default_rng(0))
+    ref_mean, ref_se = reference.mean(1), reference.std(1, ddof=1) / seeds**0.5
+    z = (stats["mean"].to_numpy() - ref_mean) / np.hypot(stats["se"].to_numpy(), ref_se)
+    assert (np.abs(z) < 4).all(), z.round(2)
 
 
 @pytest.mark.slow

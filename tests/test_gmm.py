@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 
 from flows.study import study_flow
 from models.gmm import GMMGenerator, Mixture, bounded, em, kl_monte_carlo
+from models.ple import Fitted
 from tasks.loop import GridPoint, generator, real_dataset
 from tasks.studies import load_params
 from tasks.studies.gmm import build_grid, build_lambda_sweep
@@ -190,9 +191,20 @@ def test_three_components_in_two_dimensions(tmp_path):
     for method in ("mle", "ple"):
         model = study.fit(data, method, loop.generator(0, "fit", method, 0))
         metrics = study.evaluate(model, data)
-        assert {"kl", "weight_3", "mean_2_1", "mean_2_2", "std_3_2"} <= set(metrics)
+        assert {"kl", "weight_3", "mean_2_1", "mean_2_2", "std_3_2", "min_weight", "min_weight_ratio"} <= set(metrics)
         assert study.sample(model, 10, 1.0, loop.generator(0, "sample")).shape == (3, 10, 2)
 
+
+
+def test_smallest_weight_is_the_least_weight_of_any_component_and_its_ratio_to_the_truths():
+    """True weights 0.8, 0.2 (smallest 0.2); per seed the estimates 0.7 / 0.3, 0.5 / 0.5 and 0.1 / 0.9 (the
+    smallest now in the true majority's place): min_weight 0.3, 0.5, 0.1 and min_weight_ratio 1.5, 2.5, 0.5."""
+    params = load_params(ROOT / "params.yaml").gmm.model_copy(update={"seeds": 3, "kl_samples": 100})
+    study = GMMStudy(params, 0.8, 50, 0.1, GridPoint({"weight": 0.8, "n_samples": 50}))
+    estimate = _mixture([[0.7, 0.3], [0.5, 0.5], [0.1, 0.9]], [[0.0], [2.0]], [[1.0], [1.0]], seeds=3)
+    metrics = study.evaluate(Fitted(estimate), None)
+    assert metrics["min_weight"].tolist() == pytest.approx([0.3, 0.5, 0.1], abs=1e-15)
+    assert metrics["min_weight_ratio"].tolist() == pytest.approx([1.5, 2.5, 0.5], abs=1e-14)
 
 
 def test_every_lambda_sweep_point_fits_with_its_own_lambda_and_form(tmp_path):

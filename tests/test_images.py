@@ -81,7 +81,8 @@ def test_real_draw_has_exact_class_counts(digits_run):
 def test_metrics_per_method_and_no_silent_inception(digits_run):
     _, _, tidy = digits_run
     metrics = set(tidy.metric)
-    assert {"fid_classifier", "minority_ratio", "share_other", "precision", "recall", "data_loss"} <= metrics
+    assert {"fid_classifier", "minority_ratio", "share_other", "precision", "recall", "density", "coverage",
+            "minority_coverage", "vendi", "data_loss"} <= metrics
     assert "fid_inception" not in metrics  # no weights offline: skipped, never a zero
     assert {"response", "response_slope_mle", "penalty"} <= set(tidy[tidy.method == "ple"].metric)
     fid = tidy[tidy.metric == "fid_classifier"].value
@@ -94,6 +95,8 @@ def test_figures_and_mlflow(digits_run):
     figures = root / "figures/digits"
     curves = figure_pixels(figures / "curves.png", (5.2 * 5, 4))  # fid_classifier, minority_ratio, share_other,
     assert colour(curves) > 0.005  # data_loss, response: mean lines and SE bands drawn
+    diversity = figure_pixels(figures / "diversity.png", (5.2 * 6, 4))  # precision, recall, density, coverage,
+    assert colour(diversity) > 0.005  # minority_coverage, vendi
     side_by_side = figure_pixels(figures / "samples_by_generation.png", (1.8 * 2, 1.9 * 3))  # 2 generations, 3 methods
     assert ink(side_by_side) > 0.3
     grids = sorted(p.name for p in (figures / "samples").glob("*.png"))

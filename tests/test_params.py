@@ -17,7 +17,7 @@ import yaml
 from flows.cli import main
 from flows.study import preflight, study_flow
 from tasks.errors import ParamsError
-from tasks.params import flatten
+from tasks.params import LoopParams, flatten
 from tasks.studies import load_params, spec
 from tasks.studies.base import dataset_bytes
 from tasks.studies.images.data import load_images
@@ -40,7 +40,15 @@ BAD = [
     ({"loop": {"real_fraction": -0.1}}, "loop.real_fraction = -0.1"),
     ({"loop": {"sampling_bias": 0.0}}, "loop.sampling_bias = 0.0"),
     ({"loop": {"sampling_bias": 1.2}}, "loop.sampling_bias = 1.2"),
-    ({"loop": {"mode": "circular"}}, "'replace', 'accumulate', 'augment' or 'fresh'"),
+    ({"loop": {"mode": "circular"}}, "'replace', 'accumulate', 'accumulate_subsample', 'augment' or 'fresh'"),
+    ({"loop": {"real_points": -1}}, "loop.real_points = -1"),
+    ({"loop": {"real_points": 2.5}}, "loop.real_points = 2.5"),
+    ({"loop": {"curation": {"kind": "oracle"}}}, "loop.curation.kind = 'oracle' is invalid: Input should be 'none', "
+                                                 "'verifier' or 'top_k'"),
+    ({"loop": {"curation": {"kind": "verifier", "threshold": 1.5}}}, "loop.curation.threshold = 1.5"),
+    ({"loop": {"curation": {"kind": "verifier", "threshold": -0.1}}}, "loop.curation.threshold = -0.1"),
+    ({"loop": {"curation": {"kind": "top_k", "keep": 0.0}}}, "loop.curation.keep = 0.0"),
+    ({"loop": {"curation": {"kind": "verifier", "bias": 0.5}}}, "bias > 0 needs favour"),
     ({"seed": "zero"}, "seed = 'zero'"),
     ({"seed": -1}, "seed = -1"),
     ({"gaussian": {"n_sample": 10}}, "did you mean 'n_samples'"),
@@ -206,6 +214,23 @@ def test_a_study_larger_than_memory_stops_before_it_starts(tmp_path, monkeypatch
     assert sorted(tmp_path.rglob("*")) == before
 
 
+@pytest.mark.parametrize("study,loop,expected", [
+    ("gaussian", {"mode": "augment", "real_points": 11}, "loop.real_points = 11 is more than the 10 points of D_0 that "
+     "augment draws its real points from (gaussian.n_samples); lower it, or use loop.mode = fresh for new real draws"),
+    ("gmm", {"curation": {"kind": "verifier", "favour": "7", "bias": 0.5}},
+     "loop.curation.favour = '7' is not a group of the gmm study's verifier; choose one of 1, 2"),
+])
+def test_loop_settings_a_study_cannot_honour_stop_before_it_starts(tmp_path, monkeypatch, capsys, study, loop,
+                                                                   expected):
+    path = write_params(tmp_path / "in", loop=loop, gaussian={"n_samples": 10})
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    assert main(study_flow, [study], [study, str(path)], preflight=preflight) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err == f"error: {expected}\n", err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ParamsError, match="file not found"):
         load_params(tmp_path / "nope.yaml")
@@ -257,8 +282,14 @@ def test_the_memory_estimate_counts_four_float32_datasets_and_accumulation(tmp_p
     accumulates. Checked on a scalar study and on an image study (8 x 8 digits)."""
     params = load_params(write_params(tmp_path, gaussian={"seeds": 7, "n_samples": 11, "generations": 3}))
     (gaussian,) = spec("gaussian").studies(params, ROOT)
-    assert dataset_bytes(gaussian, "replace") == 16 * 7 * 11 and dataset_bytes(gaussian, "fresh") == 16 * 7 * 11
-    assert dataset_bytes(gaussian, "accumulate") == 16 * 7 * 11 * 3
+    def loop(mode, **more):
+        return LoopParams(mode=mode, **more)
+
+    assert dataset_bytes(gaussian, loop("replace")) == 16 * 7 * 11 == dataset_bytes(gaussian, loop("fresh"))
+    assert dataset_bytes(gaussian, loop("fresh", real_points=4)) == 16 * 7 * (4 + 11)  # real points beside n
+    assert dataset_bytes(gaussian, loop("replace", real_points=4)) == 16 * 7 * 11  # no real part to add them to
+    assert dataset_bytes(gaussian, loop("accumulate")) == 16 * 7 * 11 * 3
+    assert dataset_bytes(gaussian, loop("accumulate_subsample")) == 16 * 7 * 11 * 3  # the pool is stored
     images = load_images("digits", ROOT / "data/raw")  # the study itself needs the classifier, a DVC output
     digits = ImageStudy(params.digits, "digits", images, images, None, "", None, torch.device("cpu"))
-    assert dataset_bytes(digits, "replace") == 16 * params.digits.seeds * params.digits.n_samples * 64
+    assert dataset_bytes(digits, loop("replace")) == 16 * params.digits.seeds * params.digits.n_samples * 64

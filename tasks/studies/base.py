@@ -21,10 +21,11 @@ import pandas as pd
 import psutil
 
 from models.ple import Fitted
+from tasks.curation import Verifiable
 from tasks.errors import ParamsError
 from tasks.infra.paths import StudyPaths
-from tasks.loop import GridPoint, Study
-from tasks.params import Method, StudyParams
+from tasks.loop import GridPoint, Study, split_counts
+from tasks.params import LoopParams, Method, StudyParams
 
 Build = Callable[[Any, Path], list[Study]]  # (Params, repository root) -> one Study per grid point
 Figures = Callable[[list[Study], Any, pd.DataFrame, pd.DataFrame, StudyPaths], list[Path]]
@@ -57,22 +58,49 @@ class StudySpec:
         return self.raw_data is None or any((root / "data" / "raw" / self.raw_data).glob("*"))
 
     def studies(self, params: Any, root: Path) -> list[Study]:
-        """`build`, refused (ParamsError) when a point's datasets alone would not fit in the memory available."""
+        """`build`, refused (ParamsError) when the loop settings do not fit the study (`check_loop`) or when a
+        point's datasets alone would not fit in the memory available."""
         studies = self.build(params, root)
-        largest = max(studies, key=lambda study: dataset_bytes(study, params.loop.mode))
-        need, available = dataset_bytes(largest, params.loop.mode), psutil.virtual_memory().available
+        loop = params.loop
+        self.check_loop(studies, loop)
+        largest = max(studies, key=lambda study: dataset_bytes(study, loop))
+        need, available = dataset_bytes(largest, loop), psutil.virtual_memory().available
         if need > available:
             raise ParamsError(
                 f"{self.section}: {largest.seeds} seeds x {largest.n_samples} points x {largest.event_size} values "
-                f"need about {need / 1e9:.3g} GB for the datasets alone ({params.loop.mode} mode), more than the "
+                f"need about {need / 1e9:.3g} GB for the datasets alone ({loop.mode} mode), more than the "
                 f"{available / 1e9:.3g} GB of memory available; lower {self.section}.seeds or n_samples")
         return studies
 
+    def check_loop(self, studies: list[Study], loop: LoopParams) -> None:
+        """ParamsError when augment's real points outnumber D_0, or curation asks for a verifier the study
+        lacks or for a group its verifier does not read."""
+        smallest = min(study.n_samples for study in studies)
+        if loop.mode == "augment" and loop.real_points is not None and loop.real_points > smallest:
+            raise ParamsError(f"loop.real_points = {loop.real_points} is more than the {smallest} points of D_0 that "
+                              f"augment draws its real points from ({self.section}.n_samples); lower it, or use "
+                              "loop.mode = fresh for new real draws")
+        curation = loop.curation
+        if curation.kind == "none":
+            return
+        if not isinstance(studies[0], Verifiable):
+            raise ParamsError(f"loop.curation.kind = {curation.kind}: the {self.name} study has no verifier; set "
+                              "loop.curation.kind = none for it")
+        groups = studies[0].verifier_groups
+        if curation.favour is not None and curation.favour not in groups:
+            raise ParamsError(f"loop.curation.favour = {curation.favour!r} is not a group of the {self.name} study's "
+                              f"verifier; choose one of {', '.join(groups)}")
 
-def dataset_bytes(study: Study, mode: str) -> int:
+
+def dataset_bytes(study: Study, loop: LoopParams) -> int:
     """A lower bound of the loop's memory: four float32 datasets at once (D_0, D_g, S_(g+1), D_(g+1)) of
-    seeds x points x event-size values; points = n_samples, times the generations when D_g accumulates."""
-    points = study.n_samples * (study.generations if mode == "accumulate" else 1)
+    seeds x points x event-size values; points = the size of D_g (n, or real_points + n), times the
+    generations when the stored datasets accumulate."""
+    if loop.mode in ("accumulate", "accumulate_subsample"):
+        points = study.n_samples * study.generations
+    else:
+        points = max(study.n_samples, sum(split_counts(loop.mode, study.n_samples, loop.real_fraction,
+                                                       loop.real_points)))
     return 4 * 4 * study.seeds * points * study.event_size
 
 

@@ -16,8 +16,10 @@ import torch
 from pydantic import Field
 
 from models import gaussian
+from models.distributions import FAMILIES
+from tasks.curation import Scores, true_density_scores
 from tasks.infra.paths import StudyPaths
-from tasks.loop import Dataset
+from tasks.loop import Dataset, split_counts
 from tasks.outputs.figures import plot_curves
 from tasks.params import LoopParams, StudyParams
 from tasks.studies.base import StudyBase, StudySpec
@@ -55,6 +57,13 @@ class GaussianStudy(StudyBase):
                generator: torch.Generator) -> torch.Tensor:
         return gaussian.sample(model, n, sampling_bias, generator)
 
+    verifier_groups = ("all",)
+
+    def verify(self, values: torch.Tensor) -> Scores:
+        """The density quantile of each point (S, n) under the true law, the grid's normal or uniform family
+        (uniform: 1 on [0, 1], 0 off it)."""
+        return true_density_scores(FAMILIES[self.params.distribution](), values[..., None])
+
     def evaluate(self, model: gaussian.GaussianFit, data: Dataset) -> dict[str, torch.Tensor]:
         """sigma_hat, its square, its bias against the true sigma, and mu_hat, per seed."""
         _, true_sigma = gaussian.TRUE_MOMENTS[self.params.distribution]
@@ -66,13 +75,14 @@ class GaussianStudy(StudyBase):
         }
 
     def references(self, loop: LoopParams, generations: int) -> dict[str, pd.Series]:
-        """Theory curves: E[sigma_hat^2] of MLE in the replace loop, and the true sigma."""
+        """Theory curves: E[sigma_hat^2] of MLE in the replace and fresh loops, and the true sigma."""
         _, true_sigma = gaussian.TRUE_MOMENTS[self.params.distribution]
         index = pd.RangeIndex(generations, name="generation")
         refs = {"sigma_hat": pd.Series(true_sigma, index=index, name="true sigma")}
-        if loop.mode == "replace":
-            theory = [gaussian.expected_mle_variance(true_sigma**2, self.n_samples, g, loop.sampling_bias)
-                      for g in index]
+        if loop.mode in ("replace", "fresh"):
+            counts = split_counts(loop.mode, self.n_samples, loop.real_fraction, loop.real_points)
+            theory = gaussian.expected_mle_variance_fresh(true_sigma**2, self.n_samples, *counts, generations,
+                                                          loop.sampling_bias)
             refs["sigma2_hat"] = pd.Series(theory, index=index, name="MLE theory")
         return refs
 

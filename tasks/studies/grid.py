@@ -23,6 +23,7 @@ from pydantic import Field, field_validator
 
 from models.distributions import FAMILIES, draw_true
 from models.ple import Fitted
+from tasks.curation import Scores, true_density_scores
 from tasks.infra.paths import StudyPaths
 from tasks.loop import Dataset, GridPoint
 from tasks.methods import HYPERNETWORK_METHODS, fit_method
@@ -97,6 +98,12 @@ class FamilyStudy(StudyBase, Responsive):
 
     def sample(self, model: Fitted, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
         return self.family.sample(model.estimate, n, sampling_bias, generator)
+
+    verifier_groups = ("all",)
+
+    def verify(self, values: torch.Tensor) -> Scores:
+        """The density quantile of each point under the true law (uniform: 1 on [0, 1], 0 off it)."""
+        return true_density_scores(self.family, values)
 
     def evaluate(self, model: Fitted, data: Dataset) -> dict[str, torch.Tensor]:
         metrics = dict(model.estimate)

@@ -68,6 +68,12 @@ def train_downstream(mode: Mode, config: DownstreamParams, data: tuple[torch.Ten
 
 
 @torch.no_grad()
+def probabilities(model: Classifier, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Softmax class probabilities (N, classes) of images (N, C, H, W) in [0, 1]."""
+    return torch.cat([model(part).softmax(-1) for part in images.split(batch_size)])
+
+
+@torch.no_grad()
 def predict(model: Classifier, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Arg-max labels (N,) of images (N, C, H, W) in [0, 1]."""
     return torch.cat([model(part).argmax(1) for part in images.split(batch_size)])

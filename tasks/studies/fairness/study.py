@@ -34,6 +34,7 @@ from models.classifier import Classifier, train_classifier
 from models.conditional import ConditionalVAE, RowWeighted
 from models.ple import Fitted, PLEConfig, fit_direct, sample_weights
 from models.vae import PRESETS as VAE_PRESETS
+from tasks.curation import Scores
 from tasks.errors import ParamsError
 from tasks.infra.device import default_device
 from tasks.infra.paths import StudyPaths
@@ -42,7 +43,7 @@ from tasks.methods import HYPERNETWORK_METHODS, fit_method
 from tasks.response import Probes, Responsive, probe_generator
 from tasks.studies.base import StudyBase
 from tasks.studies.fairness import attributes as ad
-from tasks.studies.fairness.downstream import predict, train_downstream
+from tasks.studies.fairness.downstream import predict, probabilities, train_downstream
 from tasks.studies.fairness.group_metrics import GROUPS, batched_group_metrics
 from tasks.studies.fairness.params import FairnessParams
 from tasks.studies.images.data import ImageSet, load_images, split, with_channels
@@ -162,6 +163,20 @@ class FairnessStudy(StudyBase, Responsive):
         return [train_classifier(*data, 2, epochs=d.epochs, batch_size=d.batch_size, lr=d.lr,
                                  generator=generator(self.seed, "pretrain", i), device=self.device,
                                  features=d.features) for i, data in enumerate(self.real_data)]
+
+    @property
+    def verifier_groups(self) -> tuple[str, ...]:
+        """The four (y, s) groups, index 2 y + s, named as in share_y{y}_s{s}."""
+        return tuple(f"y{y}_s{s}" for y, s in GROUPS)
+
+    def verify(self, values: torch.Tensor) -> Scores:
+        """score: f_i(y | x), the probability that seed i's classifier of y pre-trained on its real D_0
+        (`pretrained`, biased as D_0 is) gives the row's own label y; group: 2 y + s, s read from the image."""
+        score = []
+        for model, rows in zip(self.pretrained, values):
+            images, y = self.classifier_data(rows)
+            score.append(probabilities(model, images).gather(1, y[:, None])[:, 0])
+        return Scores(torch.stack(score), group_of(values, self.image_shape), self.verifier_groups)
 
     def evaluate(self, model: Fitted, data: Dataset) -> dict[str, torch.Tensor]:
         shares = ad.group_shares(data.values, self.image_shape)

@@ -4,7 +4,9 @@ True data: a K-component diagonal mixture whose first component has weight `weig
 imbalance) and the others share 1 - weight. Methods: `mle` (EM), `hyper_mle` (hypernetwork,
 lambda = 0) and `ple` (hypernetwork with the penalty). Metrics per seed: KL(p_true || q_est) by
 Monte Carlo and its Monte Carlo standard error, the estimated weights, means and standard
-deviations (components ordered by their first mean coordinate), and for the hypernetwork methods
+deviations (components ordered by their first mean coordinate), the smallest estimated weight
+min_k pi_k (whichever component holds it) and its ratio to the smallest true weight (1: the rarest
+mode keeps its mass, 0: a mode is gone), and for the hypernetwork methods
 the final fit and penalty terms and the estimator response (`tasks.response`) to the mean of the
 minority component and to the mixture mean: probes drawn from the true mixture with the minority
 component's means moved by -0.5, 0 and +0.5. The reweighted training of H draws component shares over EM's hard assignment
@@ -21,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 
 from models.gmm import GMMGenerator, Mixture, bounded, em, kl_monte_carlo
 from models.ple import Fitted
+from tasks.curation import Scores, density_quantile
 from tasks.loop import Dataset, GridPoint
 from tasks.methods import HYPERNETWORK_METHODS, fit_method
 from tasks.params import HyperStudyParams, PLEParams, Strict
@@ -184,6 +187,20 @@ class GMMStudy(StudyBase, Responsive):
     def sample(self, model: Fitted, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
         return model.estimate.sample(n, sampling_bias, generator)
 
+    @property
+    def verifier_groups(self) -> tuple[str, ...]:
+        """The true components, numbered from 1 as in the metrics weight_1, weight_2, ..."""
+        return tuple(str(c + 1) for c in range(self.k))
+
+    def verify(self, values: torch.Tensor) -> Scores:
+        """score: the density quantile F(p(x)) under the true mixture p (`tasks.curation.density_quantile`);
+        group: the true component k of largest posterior pi_k N(x; mu_k, sigma_k^2) / p(x)."""
+        truth = self.truth()
+        one = Mixture(truth.weights[:1], truth.means[:1], truth.stds[:1])  # the same for every seed
+        x = values.double()
+        return Scores(density_quantile(one.log_prob, lambda m, g: one.sample(m, 1.0, g), x), one.assign(x),
+                      self.verifier_groups)
+
     def evaluate(self, model: Fitted, data: Dataset) -> dict[str, torch.Tensor]:
         kl, kl_se = kl_monte_carlo(self.truth(), model.estimate, self.params.kl_samples,
                                    torch.Generator().manual_seed(0))
@@ -195,6 +212,8 @@ class GMMStudy(StudyBase, Responsive):
                 suffix = f"{c + 1}" if mix.means.shape[-1] == 1 else f"{c + 1}_{j + 1}"
                 metrics[f"mean_{suffix}"] = mix.means[:, c, j]
                 metrics[f"std_{suffix}"] = mix.stds[:, c, j]
+        metrics["min_weight"] = mix.weights.min(dim=1).values
+        metrics["min_weight_ratio"] = metrics["min_weight"] / self.true_weights.min()
         metrics.update(self.response_metrics(model))
         if model.ensemble is not None:
             metrics["fit_loss"] = model.curve.final_fit

@@ -23,13 +23,14 @@ from tasks.studies.images.study import build
 
 
 def figures(studies, params, tidy: pd.DataFrame, curve_table: pd.DataFrame, paths: StudyPaths) -> list[Path]:
-    """The metric curves, FID against generation (Fig. 2), the samples of every generation side by side, and
-    one sample grid per generation."""
+    """The metric curves, FID against generation (Fig. 2), the diversity metrics, the samples of every
+    generation side by side, and one sample grid per generation."""
     study = studies[0]
     section, methods = study.params, params.methods_of(study.experiment)
     title = (f"{study.experiment}: {section.generator} on classes {section.classes} at {section.proportions}, "
              f"{params.loop.mode} loop, n={section.n_samples}, {section.seeds} seeds (mean ± SE, median)")
     return [image_figures.curves(curve_table, paths, title), image_figures.fid_by_generation(curve_table, paths, title),
+            image_figures.diversity(curve_table, paths, title),
             image_figures.side_by_side(paths, methods, section.generations),
             *image_figures.sample_grids(paths, methods, section.generations)]
 

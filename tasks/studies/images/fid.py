@@ -12,8 +12,8 @@ mu the mean, S the covariance (np.cov, n - 1), computed in float64 and passed to
   (`tasks.studies.images.inception`).
 
 Improved precision and recall (Kynkaanniemi et al. 2019): each sample's ball reaches its k-th
-nearest neighbour in its own set; precision is the share of fake samples inside some real ball,
-recall the share of real samples inside some fake ball.
+nearest neighbour in its own set (`tasks.diversity.KNNBalls`); precision is the share of fake samples
+inside some real ball, recall the share of real samples inside some fake ball.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from models.classifier import Classifier
+from tasks.diversity import KNNBalls
 from tasks.infra.device import resolve
 
 Extractor = Callable[[torch.Tensor], torch.Tensor]
-CDIST_ELEMENTS = 2**23  # distances held at once by precision_recall (64 MB in float64)
 
 
 @torch.no_grad()
@@ -64,23 +64,6 @@ def classifier_extractor(model: Classifier, device: torch.device | None = None) 
     return model.eval().to(resolve(device)).features
 
 
-def _covered(queries: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
-    """For each query, whether it lies in some ball ||q - c_i|| <= r_i; chunked over queries."""
-    rows = max(1, CDIST_ELEMENTS // len(centres))
-    return torch.cat([(torch.cdist(q, centres) <= radii).any(dim=1) for q in queries.split(rows)])
-
-
-def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Distance of each point to its k-th nearest neighbour in x, itself excluded."""
-    if not 0 < k < len(x):
-        raise ValueError(f"precision_recall needs 0 < k < number of samples, got k={k} for {len(x)} samples")
-    rows = max(1, CDIST_ELEMENTS // len(x))
-    return torch.cat([torch.cdist(q, x).kthvalue(k + 1, dim=1).values for q in x.split(rows)])
-
-
 def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 5) -> tuple[float, float]:
     """Improved precision and recall of `fake` against `real`, feature matrices (N, D) and (M, D)."""
-    r, f = torch.as_tensor(real, dtype=torch.float64), torch.as_tensor(fake, dtype=torch.float64)
-    precision = _covered(f, r, _knn_radii(r, k)).double().mean()
-    recall = _covered(r, f, _knn_radii(f, k)).double().mean()
-    return float(precision), float(recall)
+    return KNNBalls(real, k).share_inside(fake), KNNBalls(fake, k).share_inside(real)

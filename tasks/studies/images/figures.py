@@ -15,6 +15,7 @@ from tasks.outputs.figures import plot_curves, save
 from tasks.infra.paths import StudyPaths
 
 CURVES = ["fid_classifier", "minority_ratio", "share_other", "data_loss", "response"]
+DIVERSITY = ["precision", "recall", "density", "coverage", "minority_coverage", "vendi"]
 
 
 def tile(images: torch.Tensor, columns: int) -> np.ndarray:
@@ -87,3 +88,12 @@ def curves(curve_table: pd.DataFrame, paths: StudyPaths, title: str) -> Path:
     generations = sorted(curve_table["generation"].unique())
     fair = pd.Series(1.0, index=generations, name="fair (1)")
     return plot_curves(curve_table, metrics, paths.figures / "curves.png", title, {"minority_ratio": fair})
+
+
+def diversity(curve_table: pd.DataFrame, paths: StudyPaths, title: str) -> Path:
+    """diversity.png: the k-NN metrics in classifier feature space (precision, recall, density beside its
+    expectation 1 for samples drawn like the real data, coverage, the minority's coverage) and the Vendi score."""
+    metrics = [m for m in DIVERSITY if f"{m}_mean" in curve_table]
+    generations = sorted(curve_table["generation"].unique())
+    real = pd.Series(1.0, index=generations, name="real data (E = 1)")
+    return plot_curves(curve_table, metrics, paths.figures / "diversity.png", title, {"density": real})

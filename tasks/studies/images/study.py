@@ -12,7 +12,10 @@ Metrics per seed, each from `eval_samples` generated images drawn with a fixed s
 - fid_inception: the same on Inception pool3 features, when enabled and its weights are present;
 - minority_ratio: share of samples the reference classifier labels as the minority class,
   divided by the minority's share of the real data (1: fair); share_other: share labelled as a
-  class outside `classes`; precision and recall (k = 5) in classifier feature space;
+  class outside `classes`;
+- in classifier feature space, k = 5 (`tasks.diversity`): precision and recall; density and coverage
+  of the held-out real images' k-NN balls; minority_coverage, the coverage of the minority class's
+  real images alone; vendi, the Vendi score of the samples (cosine kernel);
 - data_loss: the generator's fit loss on its own training data D_g, one fixed noise draw
   (negative ELBO in nats per image for the VAE, MMD^2 for the GMMN, the generator's adversarial
   loss under its own critic for the GAN, the denoising loss per image for the diffusion model);
@@ -38,6 +41,8 @@ from torch.func import functional_call, vmap
 from models.classifier import Classifier
 from models import diffusion, gan, gmmn, vae
 from models.ple import Fitted, Generative, sample_weights
+from tasks.curation import Scores
+from tasks.diversity import KNNBalls, vendi_score
 from tasks.errors import InputUnavailableError, ParamsError
 from tasks.infra import checkpoints, storage
 from tasks.infra.device import default_device
@@ -53,6 +58,7 @@ from tasks.studies.images.params import ImageParams
 GENERATORS = {"vae": (vae.VAE, vae.PRESETS), "gmmn": (gmmn.GMMN, gmmn.PRESETS), "gan": (gan.GAN, gan.PRESETS),
               "diffusion": (diffusion.Diffusion, diffusion.PRESETS)}
 EVAL_SEED = 0  # the same generated images are scored for every method and generation
+NEIGHBOURS = 5  # k of the k-NN balls (Kynkaanniemi et al., Naeem et al.)
 PROBE_SHARES = (0.1, 0.2, 0.3, 0.5)
 
 
@@ -153,9 +159,27 @@ class ImageStudy(StudyBase, Responsive):
     def features(self, images: torch.Tensor) -> np.ndarray:
         return fid.extract_features(fid.classifier_extractor(self.classifier), images, device=self.device)
 
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The reference classifier's logits (N, classes) of uint8 images (N, *image), float64."""
+        return torch.from_numpy(fid.extract_features(self.classifier, images, device=self.device))
+
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """The reference classifier's labels of uint8 images."""
-        return torch.from_numpy(fid.extract_features(self.classifier, images, device=self.device).argmax(1))
+        return self.logits(images).argmax(1)
+
+    @property
+    def verifier_groups(self) -> tuple[str, ...]:
+        """The study's classes, then "other" for a label outside them."""
+        return (*map(str, self.params.classes), "other")
+
+    def verify(self, values: torch.Tensor) -> Scores:
+        """score: the reference classifier's confidence max_c softmax(f(x))_c in its label c; group: the index
+        of c in `classes`, len(classes) ("other") when c is not one of them."""
+        probabilities = self.logits(values.flatten(0, 1)).softmax(-1).view(*values.shape[:2], -1)
+        score, label = probabilities.max(-1)
+        match = label[..., None] == torch.tensor(self.params.classes)  # (S, N, classes)
+        return Scores(score, torch.where(match.any(-1), match.long().argmax(-1), len(self.params.classes)),
+                      self.verifier_groups)
 
     @cached_property
     def reference_features(self) -> tuple[np.ndarray, np.ndarray | None]:
@@ -164,21 +188,29 @@ class ImageStudy(StudyBase, Responsive):
         inception = fid.extract_features(self.inception, images, device=self.device) if self.inception else None
         return self.features(images), inception
 
+    @cached_property
+    def reference_balls(self) -> KNNBalls:
+        """The k-NN balls of the held-out real images' classifier features."""
+        return KNNBalls(self.reference_features[0], NEIGHBOURS)
+
     def evaluate(self, model: Fitted, data: Dataset) -> dict[str, torch.Tensor]:
         p = self.params
         samples = self.sample(model, p.eval_samples, 1.0, torch.Generator().manual_seed(EVAL_SEED))
         real, real_inception = self.reference_features
+        balls, minority = self.reference_balls, self.reference.labels == p.minority
         minority_share = p.proportions[p.classes.index(p.minority)]
         rows: dict[str, list[float]] = {}
         for images in samples:
             feats = self.features(images)
             labels = self.predict(images)
-            precision, recall = fid.precision_recall(real, feats, k=5)
+            precision, recall = fid.precision_recall(real, feats, k=NEIGHBOURS)
             values = {
                 "fid_classifier": fid.frechet_distance(real, feats),
                 "minority_ratio": float((labels == p.minority).double().mean()) / minority_share,
                 "share_other": float((~torch.isin(labels, torch.tensor(p.classes))).double().mean()),
                 "precision": precision, "recall": recall,
+                "density": balls.density(feats), "coverage": balls.coverage(feats),
+                "minority_coverage": balls.coverage(feats, among=minority), "vendi": float(vendi_score(feats)),
             }
             if real_inception is not None:
                 values["fid_inception"] = fid.frechet_distance(
