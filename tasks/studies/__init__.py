@@ -21,7 +21,7 @@ from pydantic import BaseModel, create_model, model_validator
 from tasks.errors import ParamsError, report
 from tasks.infra import storage
 from tasks.params import CommonParams, overlay as overlay_mappings, read_model, read_yaml
-from tasks.studies import fairness, gaussian, gmm, grid, images
+from tasks.studies import fairness, gaussian, gmm, grid, images, language
 from tasks.studies.base import StudySpec
 
 STUDIES: tuple[StudySpec, ...] = (
@@ -33,6 +33,8 @@ STUDIES: tuple[StudySpec, ...] = (
     images.DIGITS_GAN,
     images.DIGITS_DIFFUSION,
     fairness.STUDY,
+    language.LANGUAGE,
+    language.LANGUAGE_TEXT,
     images.MNIST,
     images.MNIST_GAN,
     images.MNIST_DIFFUSION,
