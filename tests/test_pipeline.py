@@ -191,6 +191,7 @@ def test_the_prefect_api_shows_one_task_run_per_method_and_generation(tmp_path, 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter, \
         TaskRunFilterFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
 
     state = study_flow(study="gaussian", params_file=str(write_params(tmp_path, **SMALL)), root=str(tmp_path),
                        return_state=True)
@@ -199,9 +200,10 @@ def test_the_prefect_api_shows_one_task_run_per_method_and_generation(tmp_path, 
     def read() -> dict[str, list[tuple[str, str]]]:
         with get_client(sync_client=True) as client:
             loops = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])))
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])), sort=FlowRunSort.ID_DESC, limit=10)
             return {loop.name: sorted((task.name, task.state_type.value) for task in client.read_task_runs(
-                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[loop.id])))) for loop in loops}
+                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[loop.id])),
+                sort=TaskRunSort.ID_DESC, limit=100)) for loop in loops}
 
     expected = {f"gaussian: {method} ": [(f"{method} gen {g}", "COMPLETED") for g in range(4)] for method in ("mle", "ple")}
     deadline = time.monotonic() + 30  # task runs reach the server as events, recorded a moment later

@@ -130,8 +130,9 @@ def _with_project_server(folder, home, port, *command: str) -> subprocess.Comple
 READ_FLOW_RUNS = """
 import os, sys
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.sorting import FlowRunSort
 with get_client(sync_client=True) as client:
-    print(sorted(run.name for run in client.read_flow_runs()))
+    print(sorted(run.name for run in client.read_flow_runs(sort=FlowRunSort.ID_DESC, limit=10)))
 sys.exit(3)
 """
 

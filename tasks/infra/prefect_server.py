@@ -148,7 +148,10 @@ def prefect_api() -> Iterator[None]:
 
 
 def _port_free(port: int) -> bool:
+    """Whether a server can listen on `port` of 127.0.0.1 (as uvicorn binds: a closed connection's TIME_WAIT does
+    not count)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
