@@ -7,6 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 MUTATE_JOBS ?= 2
+PREFECT_PORT ?= 4200
 
 .PHONY: run test test-fast bench serve ui report mutate
 
@@ -19,8 +20,10 @@ $(VENV)/.installed: pyproject.toml
 # if it needs any (mnist, cifar10: files under data/raw, README), is in place.
 LIST_STUDIES = studies="$$(python -m tasks.studies list)"
 
+# Every stage runs against one Prefect server: the project's (state in .prefect/, its UI address printed),
+# or the one PREFECT_API_URL names.
 run: $(VENV)/.installed
-	$(LIST_STUDIES) && dvc repro $$studies claims
+	$(LIST_STUDIES) && python -m tasks.infra.prefect_server --port $(PREFECT_PORT) -- dvc repro $$studies claims
 
 test: $(VENV)/.installed
 	pytest
@@ -46,7 +49,6 @@ bench: $(VENV)/.installed
 	python benchmarks/sweep.py
 
 # A Prefect server on 127.0.0.1 (state in .prefect/) serving the deployments of flows/deployments.yaml.
-PREFECT_PORT ?= 4200
 serve: $(VENV)/.installed
 	PREFECT_HOME=$(CURDIR)/.prefect prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) & server=$$!; \
 	trap "kill $$server" EXIT INT TERM; \

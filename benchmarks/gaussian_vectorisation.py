@@ -1,7 +1,7 @@
 """Gaussian study at 100 seeds x 100 generations x n = 100 (MLE and PLE, replace loop).
 
 Prints, measured in this one run:
-- compute: the flow's task functions (fit, evaluate, sample, build) chained without Prefect or I/O,
+- compute: the study's fit, evaluate, sample and build chained without Prefect or I/O,
   all seeds in one tensor;
 - the same work as a Python loop over seeds (one seed per call), and the ratio of the two;
 - the wall time of `dvc repro gaussian` in a temporary copy of the project, and its
@@ -33,14 +33,15 @@ from tasks.studies.gaussian import GaussianParams  # noqa: E402
 
 
 def chain(study: GaussianStudy, settings: LoopParams, method: str, generations: int, seed: int = 0) -> None:
-    """Generations 0..G-1 of one method, through the same task functions the flow calls."""
+    """Generations 0..G-1 of one method, through the same functions the flow's generation task calls, without
+    storing anything."""
     data = real0 = loop.real_dataset(study.draw_real(study.n_samples, loop.generator(seed, "real", 0)))
     for g in range(generations):
-        model = steps.fit_model.fn(study, data, method, seed, g)
-        steps.evaluate_model.fn(study, model, data, method, g)
+        model = study.fit(data, method, loop.generator(seed, "fit", method, g))
+        study.evaluate(model, data)
         if g + 1 < generations:
-            synthetic = steps.sample_model.fn(study, model, study.n_samples, settings.sampling_bias, method, seed, g + 1)
-            data = steps.build_dataset.fn(study, settings, data, real0, synthetic, method, seed, g + 1)
+            synthetic, _ = steps.sample_model(study, model, study.n_samples, settings, method, seed, g + 1)
+            data = steps.build_dataset(study, settings, data, real0, synthetic, method, seed, g + 1)
 
 
 def compute_seconds(seeds: int, n: int, generations: int, per_seed: bool) -> float:

@@ -8,7 +8,7 @@ seeds x steps x batch size / wall time.
 1. plain: one `nn.Module` per seed trained in a Python loop, no Prefect, MLflow or DVC; a GAN takes
    one critic step (generator frozen) and one generator step per step, as the engine does;
 2. engine: `models.ple.fit_direct`, every seed in one vectorised (vmap) training, as method mle;
-3. flow: the same fit as the Prefect task `fit` inside a flow (a temporary Prefect server);
+3. flow: the same fit as a Prefect task inside a flow (a temporary Prefect server);
 4. hyper_mle and ple: the hypernetwork methods through the engine, for scale (on halves of the data:
    the reweighted draws need the classifier's groups, and a step costs the same however it is drawn).
 
@@ -30,11 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from prefect import flow  # noqa: E402
+from prefect import flow, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from models.hypernet import HyperConfig, emitted_names  # noqa: E402
 from models.ple import PLEConfig, fit_direct, fit_ensemble  # noqa: E402
-from tasks import steps  # noqa: E402
 from tasks.loop import generator, real_dataset  # noqa: E402
 from tasks.studies import load_params  # noqa: E402
 from tasks.studies.images.data import to_float  # noqa: E402
@@ -92,9 +92,13 @@ def benchmark(params, name: str, steps_per_fit: int) -> None:
     make = study.make_generator
     hyper = HyperConfig(**section.hyper.model_dump())
 
+    @task(name="fit", cache_policy=NO_CACHE)
+    def fit_task():
+        return study.fit(real_dataset(real), "mle", generator(params.seed, "fit", "mle", 0))
+
     @flow(name="benchmark-fit")
     def in_flow() -> float:
-        return timed(lambda: steps.fit_model(study, real_dataset(real), "mle", params.seed, 0))
+        return timed(fit_task)
 
     rows = {
         "plain PyTorch loop": timed(lambda: plain_loop(make, x, config, batch)),

@@ -2,9 +2,10 @@
 
 `run_study` opens an MLflow parent run, runs `method_loop` (a subflow) for each method and grid
 point, has a nested MLflow run per seed logged under the method's run in the background, then
-publishes the tidy table, the curves, the DVC summary and the figures. `method_loop` chains the
-tasks of `tasks.steps` generation by generation and resumes at the first generation without a
-record, after checking every stored record and dataset it relies on (`tasks.infra.resume`).
+publishes the tidy table, the curves, the DVC summary and the figures. `method_loop` runs one task
+(`tasks.steps.run_generation`) per generation, queues its metrics for MLflow (sent in the background)
+and resumes at the first generation without a record, after checking every stored record and
+dataset it relies on (`tasks.infra.resume`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from tasks import loop, steps
-from tasks.infra import resume, storage
+from tasks.infra import resume, storage, tracking
 from tasks.infra.device import default_device
 from tasks.infra.lock import experiment_lock
 from tasks.infra.paths import StudyPaths
@@ -33,17 +34,17 @@ from tasks.studies.base import Figures
 
 @flow(name="method-loop", flow_run_name="{experiment}: {method} {point}", log_prints=True)
 def method_loop(study: Study, settings: LoopParams, seed: int, experiment: str, method: str, point: str,
-                folder: Path, tracking_uri: str, run_id: str) -> list[dict]:
-    """Run (or resume) generations 0..G-1 of one method at one grid point; return every record."""
+                folder: Path, run_id: str) -> list[dict]:
+    """Run (or resume) generations 0..G-1 of one method at one grid point, one task run each, their metrics
+    queued for MLflow run `run_id`; return every record."""
     logger = get_run_logger()
     generations = study.generations
     key = resume.fingerprint(study, settings.model_dump(), seed, method)
     output = next(parent for parent in folder.parents if parent.name == experiment)  # the DVC output
     records = resume.completed_records(folder, output, logger.info, key, generations)
     for record in records:
-        steps.log_generation(tracking_uri, run_id, _stats(record["metrics"]),
-                             storage.dataset_path(folder, record["generation"]), record["dataset_md5"], method,
-                             record["generation"])
+        tracking.log_generation(run_id, record["generation"], _stats(record["metrics"]),
+                                storage.dataset_path(folder, record["generation"]), record["dataset_md5"], {})
     start = len(records)
     if start:
         logger.info(f"resuming {experiment}/{method} at generation {start} of {generations}")
@@ -54,35 +55,20 @@ def method_loop(study: Study, settings: LoopParams, seed: int, experiment: str, 
     meta = {"experiment": experiment, "loop_mode": settings.mode, "fingerprint": key,
             "sampling_bias": str(settings.sampling_bias), "real_fraction": str(settings.real_fraction),
             "real_points": str(settings.real_points)}
-    path = storage.dataset_path(folder, start)
     if start == 0:
-        data, md5 = real0, steps.save_dataset(path, real0, {**meta, "parent_md5": ""}, method, 0)
+        data, md5 = real0, steps.save_dataset(storage.dataset_path(folder, 0), real0, {**meta, "parent_md5": ""},
+                                              method, 0)
     else:
         data, md5 = resume.resume_dataset(folder, output, key, records)
-    _, n_synth = loop.split_counts(settings.mode, study.n_samples, settings.real_fraction, settings.real_points)
 
     for g in range(start, generations):
-        train = loop.training_data(settings.mode, data, study.n_samples, loop.generator(seed, "subsample", method, g))
-        model = steps.fit_model(study, train, method, seed, g)
-        curves = study.training_curves(model)
-        if curves:
-            steps.log_training(tracking_uri, run_id, curves, method, g)
-        metrics = steps.evaluate_model(study, model, train, method, g)
-        if g + 1 < generations:
-            synthetic, kept = steps.sample_model(study, model, n_synth, settings, method, seed, g + 1)
-            metrics = {**metrics, **kept}
-            next_data = steps.build_dataset(study, settings, data, real0, synthetic, method, seed, g + 1)
-            next_path = storage.dataset_path(folder, g + 1)
-            next_md5 = steps.save_dataset(next_path, next_data, {**meta, "parent_md5": md5}, method, g + 1)
-        record = {"experiment": experiment, "fingerprint": key, "dataset_md5": md5, "metrics": metrics}
-        steps.save_record(storage.record_path(folder, g), record, method, g)
-        stats = _stats(metrics)
-        steps.log_generation(tracking_uri, run_id, stats, path, md5, method, g)
-        records.append({**record, "method": method, "generation": g})
+        done = steps.run_generation(study, settings, seed, method, g, data, md5, real0, folder, meta)
+        stats = _stats(done.record["metrics"])
+        tracking.log_generation(run_id, g, stats, storage.dataset_path(folder, g), md5, done.curves)
+        records.append({**done.record, "method": method, "generation": g})
         logger.info(f"{experiment}/{method} generation {g}: "
                     + ", ".join(f"{k}={v:.4g}" for k, v in stats.items() if k.endswith("_mean")))
-        if g + 1 < generations:
-            data, md5, path = next_data, next_md5, next_path
+        data, md5 = done.next_data, done.next_md5
     return records
 
 
@@ -120,7 +106,7 @@ def _run_locked(studies: list[Study], params: Params, root: Path, figures: Figur
                 run_id = tracker.start_method(method, study.point, study.labels)
                 try:
                     records = method_loop(study, params.loop, params.seed, experiment, method, name, folder,
-                                          tracker.store.uri, run_id)
+                                          run_id)
                 except BaseException:
                     tracker.finish(run_id, ok=False)
                     raise

@@ -4,6 +4,7 @@ one server, gone when the run ends or is killed, and one line when it does not c
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_DATABASE_CONNECTIO
 from tasks.errors import InputUnavailableError
 from tasks.infra.prefect_server import prefect_api
 
-from conftest import ROOT, subprocess_env, write_params
+from conftest import ROOT, free_port, subprocess_env, write_params
 
 TINY_FLOW = """
 import json, sys
@@ -118,3 +119,47 @@ def test_a_server_that_does_not_come_up_is_one_line_and_stopped(setting, value, 
     assert str(caught.value).startswith("the temporary Prefect server at http://127.0.0.1:")
     assert "\n" not in str(caught.value)
     assert set(psutil.Process().children()) == before
+
+
+def _with_project_server(folder, home, port, *command: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in _env().items() if k != PREFECT_API_URL.name}
+    return subprocess.run([sys.executable, "-m", "tasks.infra.prefect_server", "--home", str(home), "--port", str(port),
+                           "--", *command], cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+
+
+READ_FLOW_RUNS = """
+import os, sys
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.sorting import FlowRunSort
+with get_client(sync_client=True) as client:
+    print(sorted(run.name for run in client.read_flow_runs(sort=FlowRunSort.ID_DESC, limit=10)))
+sys.exit(3)
+"""
+
+
+@pytest.mark.slow
+def test_make_run_s_server_keeps_every_run_and_passes_the_exit_code_on(tmp_path):
+    """`make run`'s server: the study runs against it, its address is printed, its state outlives it in --home,
+    so a later server on that home shows the study's flow runs; the command's exit code is the exit code."""
+    write_params(tmp_path, gaussian={"n_samples": 8, "generations": 2, "seeds": 2})
+    home, port = tmp_path / ".prefect", free_port()
+    study = _with_project_server(tmp_path, home, port, sys.executable, "-m", "flows.study", "gaussian", "params.yaml")
+    assert study.returncode == 0, study.stderr[-3000:]
+    assert study.stdout.startswith(f"Prefect UI: http://127.0.0.1:{port} (state in {home}/")
+    later = _with_project_server(tmp_path, home, port, sys.executable, "-c", READ_FLOW_RUNS)
+    assert later.returncode == 3, later.stderr[-3000:]
+    assert later.stdout.splitlines()[-1] == str(sorted(["gaussian", "gaussian: mle ", "gaussian: ple "]))
+
+
+def test_make_run_s_server_on_a_port_in_use_is_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        result = _with_project_server(tmp_path, tmp_path / ".prefect", port, "true")
+    assert time.monotonic() - started < 10
+    assert result.returncode == 2 and result.stderr == (
+        f"error: port {port} of 127.0.0.1 is in use (a Prefect server already running?); set PREFECT_API_URL="
+        f"http://127.0.0.1:{port}/api to use it, or choose another port with PREFECT_PORT\n")
+    assert list(tmp_path.iterdir()) == []

@@ -29,10 +29,10 @@ def http_server(status: int, body: bytes = b"{}") -> Iterator[int]:
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (the name http.server calls)
+            Handler.seen.append((self.path, self.headers.get("Authorization")))  # before the client hears back
             self.send_response(status)
             self.end_headers()
             self.wfile.write(body)
-            Handler.seen.append((self.path, self.headers.get("Authorization")))
 
         def log_message(self, *args):
             pass

@@ -1,12 +1,18 @@
-"""A temporary Prefect API server that dies with the process that started it.
+"""Prefect API servers that die with the process that started them.
 
 Without PREFECT_API_URL, Prefect starts its own temporary server (`prefect.server.api.server.SubprocessASGIServer`)
 and stops it at interpreter exit, so a process killed with SIGKILL leaves it running. `prefect_api` starts the
 same uvicorn command instead, in a child the kernel kills when its parent dies (Linux prctl PR_SET_PDEATHSIG).
+
+`python -m tasks.infra.prefect_server -- COMMAND ...` runs COMMAND (e.g. `dvc repro`, as `make run` does)
+against one server for all its stages: the project's own, its state in .prefect/ and its UI on
+127.0.0.1:4200 (--port), so the UI shows this run and every earlier one; with PREFECT_API_URL set, against
+that server instead.
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import os
 import re
@@ -18,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import IO
 
 import httpx
@@ -27,7 +34,7 @@ from prefect.logging.handlers import APILogWorker
 from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
                               get_current_settings, temporary_settings)
 
-from tasks.errors import InputUnavailableError
+from tasks.errors import InputUnavailableError, report
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 STOP_SECONDS = 5.0  # between SIGTERM and SIGKILL when the server stops, and for draining logs and events to it
@@ -54,13 +61,15 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start(port: int, stderr: IO[bytes]) -> subprocess.Popen:
-    """Prefect's temporary-server command (`SubprocessASGIServer._run_uvicorn_command`) on `port`."""
+def _start(port: int, stderr: IO[bytes], home: Path | None = None) -> subprocess.Popen:
+    """Prefect's temporary-server command (`SubprocessASGIServer._run_uvicorn_command`) on `port`; with `home`, a
+    lasting server instead: its database in `home`, its UI and background services on."""
     command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
                "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "error", "--lifespan", "on"]
-    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
-           **get_current_settings().to_environment_variables(exclude_unset=True)}
+    kind = ({"PREFECT_HOME": str(home.resolve()), "PREFECT_UI_ENABLED": "1"} if home else
+            {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"})
+    env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True), **kind}
     return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
                             preexec_fn=_die_with(os.getpid()))
 
@@ -73,7 +82,7 @@ def _cause(stderr: IO[bytes]) -> str:
     return next(causes, lines[-1] if lines else "")[:300]
 
 
-def _wait_until_up(server: subprocess.Popen, url: str, stderr: IO[bytes]) -> None:
+def _wait_until_up(server: subprocess.Popen, url: str, stderr: IO[bytes], name: str) -> None:
     """Return once GET `url`/health answers 200; InputUnavailableError if the server exits or the time runs out."""
     timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
     deadline = time.monotonic() + timeout
@@ -90,7 +99,7 @@ def _wait_until_up(server: subprocess.Popen, url: str, stderr: IO[bytes]) -> Non
     else:
         what, fix = f"exited with code {server.returncode}", "fix that"
     cause = _cause(stderr)
-    raise InputUnavailableError(f"the temporary Prefect server at {url} (python -m uvicorn) {what}"
+    raise InputUnavailableError(f"the {name} at {url} (python -m uvicorn) {what}"
                                 f"{f' ({cause})' if cause else ''}; {fix}, or start a server (prefect server start) "
                                 "and set PREFECT_API_URL")
 
@@ -106,16 +115,17 @@ def _stop(server: subprocess.Popen) -> None:
 
 
 @contextmanager
-def temporary_server() -> Iterator[str]:
-    """A Prefect API server on a free port of 127.0.0.1 for the block, killed by the kernel if this process dies;
-    yields its API URL. Waits PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS for it to answer. Linux only; the
-    kernel also kills it when the calling thread ends, so call it from the main thread."""
-    port = _free_port()
+def temporary_server(port: int | None = None, home: Path | None = None) -> Iterator[str]:
+    """A Prefect API server on `port` (default: a free one) of 127.0.0.1 for the block, killed by the kernel if this
+    process dies; yields its API URL. With `home`, its database and UI are those of a lasting server (`_start`).
+    Waits PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS for it to answer. Linux only; the kernel also kills it
+    when the calling thread ends, so call it from the main thread."""
+    port = port or _free_port()
     url = f"http://127.0.0.1:{port}/api"
     with tempfile.TemporaryFile() as stderr:
-        server = _start(port, stderr)
+        server = _start(port, stderr, home)
         try:
-            _wait_until_up(server, url, stderr)
+            _wait_until_up(server, url, stderr, f"Prefect server of {home}" if home else "temporary Prefect server")
             yield url
         finally:
             _stop(server)
@@ -135,3 +145,44 @@ def prefect_api() -> Iterator[None]:
         finally:
             for worker in (APILogWorker, EventsWorker):
                 worker.drain_all(timeout=STOP_SECONDS)
+
+
+def _port_free(port: int) -> bool:
+    """Whether a server can listen on `port` of 127.0.0.1 (as uvicorn binds: a closed connection's TIME_WAIT does
+    not count)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def run_with_server(command: list[str], home: Path, port: int) -> int:
+    """Run `command` against PREFECT_API_URL when set, else against the project's server (state in `home`, UI on
+    127.0.0.1:`port`) started for it; its exit code. InputUnavailableError when `port` is taken."""
+    if PREFECT_API_URL.value():
+        return subprocess.call(command)
+    if not _port_free(port):
+        raise InputUnavailableError(f"port {port} of 127.0.0.1 is in use (a Prefect server already running?); "
+                                    f"set PREFECT_API_URL=http://127.0.0.1:{port}/api to use it, or choose another "
+                                    "port with PREFECT_PORT")
+    home.mkdir(parents=True, exist_ok=True)
+    with temporary_server(port, home) as url:
+        print(f"Prefect UI: http://127.0.0.1:{port} (state in {home}/: this run and earlier ones)", flush=True)
+        return subprocess.call(command, env={**os.environ, PREFECT_API_URL.name: url})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run a command (e.g. dvc repro) against one Prefect server.")
+    parser.add_argument("--home", type=Path, default=Path(".prefect"), help="the server's state (default .prefect)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PREFECT_PORT", "4200")))
+    parser.add_argument("command", nargs="+", help="the command, after --")
+    args = parser.parse_args(argv)
+    codes = []
+    return report(lambda: codes.append(run_with_server(args.command, args.home, args.port))) or codes[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -24,15 +24,17 @@ import functools
 import json
 import os
 import socket
+import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow.data
+import pyarrow as pa
 import pyarrow.parquet as pq
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus
@@ -87,18 +89,80 @@ def sweep_point(point: SweepPoint) -> Iterator[None]:
 
 
 def dataset_entity(path: Path, md5: str) -> Dataset:
-    """An MLflow dataset for a Parquet file: digest = the file's md5, schema from its first rows,
-    profile from the Parquet footer (inferring a schema from every row would take seconds)."""
+    """An MLflow dataset for a Parquet file: digest = the file's md5, source = its path relative to the working
+    directory, schema as MLflow infers it from the first rows (once per Parquet schema: it takes tens of ms),
+    profile from the Parquet footer."""
     parquet = pq.ParquetFile(path)
-    head = next(parquet.iter_batches(batch_size=256)).to_pandas()
-    with warnings.catch_warnings():  # MLflow warns of integer columns and two local-file sources
-        warnings.simplefilter("ignore", UserWarning)
-        sampled = mlflow.data.from_pandas(head, source=Path(os.path.relpath(path)).as_posix(),
-                                          digest=md5)._to_mlflow_entity()
+    key = parquet.schema_arrow.remove_metadata()
+    if key not in _MLFLOW_SCHEMAS:
+        _MLFLOW_SCHEMAS[key] = _mlflow_schema(parquet)
+    source_type, schema = _MLFLOW_SCHEMAS[key]
     rows = parquet.metadata.num_rows
     profile = {"num_rows": rows, "num_elements": rows * parquet.metadata.num_columns}
-    return Dataset(name=f"{path.parent.name}/{path.stem}", digest=md5, source_type=sampled.source_type,
-                   source=sampled.source, schema=sampled.schema, profile=json.dumps(profile))
+    return Dataset(name=f"{path.parent.name}/{path.stem}", digest=md5, source_type=source_type,
+                   source=json.dumps({"uri": Path(os.path.relpath(path)).as_posix()}), schema=schema,
+                   profile=json.dumps(profile))
+
+
+_MLFLOW_SCHEMAS: dict[pa.Schema, tuple[str, str | None]] = {}
+
+
+def _mlflow_schema(parquet: pq.ParquetFile) -> tuple[str, str | None]:
+    """(source type, schema JSON) that `mlflow.data.from_pandas` gives the first rows of `parquet`."""
+    head = next(parquet.iter_batches(batch_size=256)).to_pandas()
+    with warnings.catch_warnings():  # MLflow warns of integer columns and of a local-file source
+        warnings.simplefilter("ignore", UserWarning)
+        entity = mlflow.data.from_pandas(head, source="dataset.parquet")._to_mlflow_entity()
+    return entity.source_type, entity.schema
+
+
+class Writer:
+    """MLflow writes sent by one background thread, in the order given, so that the study never waits for them.
+    Metrics and dataset inputs queued while the thread is busy go out together: one `log_batch` and one
+    `log_inputs` per run. A write that failed is raised by the next `log` (and by `close`)."""
+
+    def __init__(self, client: MlflowClient):
+        self.client = client
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer")
+        self.futures: list[Future] = []
+        self.lock = threading.Lock()
+        self.queued: list[tuple[str, list[Metric], list[tuple[Path, str]]]] = []
+
+    def log(self, run_id: str, metrics: list[Metric], datasets: Iterable[tuple[Path, str]] = ()) -> None:
+        """Queue `metrics` and the Parquet files `datasets` ((path, md5): training inputs) for run `run_id`."""
+        failed = next((f.exception() for f in self.futures if f.done() and f.exception() is not None), None)
+        if failed is not None:
+            raise failed
+        with self.lock:
+            self.queued.append((run_id, metrics, list(datasets)))
+        self.submit(self._send_queued)
+
+    def submit(self, fn: Callable[..., object], *args: object) -> None:
+        self.futures.append(self.executor.submit(fn, *args))
+
+    def _send_queued(self) -> None:
+        with self.lock:
+            queued, self.queued = self.queued, []
+        runs: dict[str, tuple[list[Metric], list[tuple[Path, str]]]] = {}
+        for run_id, metrics, datasets in queued:
+            run_metrics, run_datasets = runs.setdefault(run_id, ([], []))
+            run_metrics += metrics
+            run_datasets += datasets
+        context = InputTag(key="mlflow.data.context", value="training")
+        for run_id, (metrics, datasets) in runs.items():
+            if metrics:  # the client splits it into batches MLflow accepts
+                self.client.log_batch(run_id, metrics=metrics)
+            if datasets:
+                self.client.log_inputs(run_id, datasets=[DatasetInput(dataset_entity(path, md5), tags=[context])
+                                                         for path, md5 in datasets])
+
+    def close(self) -> list[BaseException]:
+        """Wait for every write; the exceptions of those that failed."""
+        self.executor.shutdown(wait=True)
+        return [f.exception() for f in self.futures if f.exception() is not None]
+
+
+_WRITERS: dict[str, Writer] = {}  # method run id -> the writer of the study that started it
 
 
 class StudyTracker:
@@ -115,8 +179,7 @@ class StudyTracker:
         self.tags = {"experiment": experiment, **tags, **(point.tags if point else {}),
                      "host": socket.gethostname(), "pid": str(os.getpid())}
         self.methods: dict[str, tuple[str, dict[str, str]]] = {}  # method run id -> (name, tags)
-        self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-seeds")
-        self.pending: list[Future] = []
+        self.writer = Writer(self.client)
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=self.store.artifacts)
@@ -149,6 +212,7 @@ class StudyTracker:
         run_id = self._run(name, {**tags, "level": "method"}, self.parent_id)
         self.client.log_batch(run_id, params=self.params)
         self.methods[run_id] = (name, tags)
+        _WRITERS[run_id] = self.writer
         return run_id
 
     def log_seeds(self, run_id: str, records: list[dict]) -> None:
@@ -162,7 +226,7 @@ class StudyTracker:
         if seeds > limit:
             self.client.set_tag(run_id, "seed_runs", f"not logged: {seeds} seeds > AUTOPHAGY_MAX_SEED_RUNS={limit}")
             return
-        self.pending.append(self.background.submit(self._log_seeds, run_id, records))
+        self.writer.submit(self._log_seeds, run_id, records)
 
     def _log_seeds(self, run_id: str, records: list[dict]) -> None:
         name, tags = self.methods[run_id]
@@ -179,10 +243,11 @@ class StudyTracker:
         self.client.log_artifact(self.parent_id, str(path))
 
     def close(self, ok: bool) -> None:
-        """Wait for the seed runs still being logged, then finish the parent run; failed seed
-        logging fails the parent and is raised (unless the study itself already failed)."""
-        self.background.shutdown(wait=True)
-        errors = [future.exception() for future in self.pending if future.exception() is not None]
+        """Wait for the writes still being sent, then finish the parent run; a failed write fails the
+        parent and is raised (unless the study itself already failed)."""
+        errors = self.writer.close()
+        for run_id in self.methods:
+            _WRITERS.pop(run_id, None)
         self.finish(self.parent_id, ok=ok and not errors)
         if ok and errors:
             raise errors[0]
@@ -191,18 +256,13 @@ class StudyTracker:
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
 
 
-def log_generation(uri: str, run_id: str, generation: int, metrics: dict[str, float], dataset: Path,
-                   md5: str) -> None:
-    """Metrics of one generation (step = generation) and its dataset as a training input of run `run_id`."""
+def log_generation(run_id: str, generation: int, metrics: dict[str, float], dataset: Path, md5: str,
+                   curves: dict[str, list[float]]) -> None:
+    """Queue, for method run `run_id`: the metrics of one generation (step = generation), its dataset as a
+    training input, and the curves of its fit as `train_<name>/gen_<g>` (g zero-padded to 3 digits) with
+    step = optimiser step. Sent in the background by the writer of the study that started the run."""
     now = int(time.time() * 1000)
-    client(uri).log_batch(run_id, metrics=[Metric(k, v, now, generation) for k, v in metrics.items()])
-    context = InputTag(key="mlflow.data.context", value="training")
-    client(uri).log_inputs(run_id, datasets=[DatasetInput(dataset_entity(dataset, md5), tags=[context])])
-
-
-def log_training(uri: str, run_id: str, generation: int, curves: dict[str, list[float]]) -> None:
-    """Training curves of one generation's fit as `train_<name>/gen_<g>` (g zero-padded to 3 digits) with
-    step = optimiser step."""
-    now = int(time.time() * 1000)
-    client(uri).log_batch(run_id, metrics=[Metric(f"train_{name}/gen_{generation:03d}", value, now, step)
-                                           for name, values in curves.items() for step, value in enumerate(values)])
+    sent = [Metric(k, v, now, generation) for k, v in metrics.items()]
+    sent += [Metric(f"train_{name}/gen_{generation:03d}", value, now, step)
+             for name, values in curves.items() for step, value in enumerate(values)]
+    _WRITERS[run_id].log(run_id, sent, [(dataset, md5)])

@@ -1,0 +1,74 @@
+"""The background MLflow writer of a study (tasks/infra/tracking.py), on a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+
+from tasks.infra import storage
+from tasks.infra.tracking import Writer
+from tasks.loop import real_dataset
+
+
+class CountingClient(MlflowClient):
+    """A real client that counts its log_batch and log_inputs requests."""
+
+    calls: list[str]
+
+    def log_batch(self, run_id, *args, **kwargs):
+        self.calls.append("log_batch")
+        return super().log_batch(run_id, *args, **kwargs)
+
+    def log_inputs(self, run_id, *args, **kwargs):
+        self.calls.append("log_inputs")
+        return super().log_inputs(run_id, *args, **kwargs)
+
+
+@pytest.fixture
+def client(tmp_path) -> CountingClient:
+    client = CountingClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.calls = []
+    return client
+
+
+def _datasets(folder: Path, generations: int) -> list[tuple[Path, str]]:
+    data = real_dataset(torch.arange(12.0).reshape(2, 6, 1))
+    paths = [storage.dataset_path(folder, g) for g in range(generations)]
+    return [(path, storage.write_dataset(path, data, {"method": "mle", "generation": str(g)}))
+            for g, path in enumerate(paths)]
+
+
+def test_writes_queued_while_the_writer_is_busy_go_out_together(client, tmp_path):
+    run = client.create_run(client.create_experiment("x")).info.run_id
+    writer, gate = Writer(client), threading.Event()
+    writer.submit(gate.wait)  # the writer is busy until the gate opens
+    for g, dataset in enumerate(_datasets(tmp_path, 3)):
+        writer.log(run, [Metric("kl_mean", float(g), 0, g)], [dataset])
+    gate.set()
+    assert writer.close() == []
+    assert client.calls == ["log_batch", "log_inputs"]
+    assert [(m.step, m.value) for m in client.get_metric_history(run, "kl_mean")] == [(0, 0.0), (1, 1.0), (2, 2.0)]
+    inputs = client.get_run(run).inputs.dataset_inputs
+    assert sorted((d.dataset.name, d.dataset.digest) for d in inputs) == [
+        (f"{tmp_path.name}/gen_{g:03d}", md5) for g, (_, md5) in enumerate(_datasets(tmp_path, 3))]
+    assert sorted(json.loads(d.dataset.source)["uri"] for d in inputs) == [
+        Path(os.path.relpath(storage.dataset_path(tmp_path, g))).as_posix() for g in range(3)]
+
+
+def test_a_failed_write_is_raised_by_the_next_log_and_by_close(client):
+    writer = Writer(client)
+    writer.log("no-such-run", [Metric("kl_mean", 1.0, 0, 0)])
+    writer.submit(lambda: None)
+    writer.executor.submit(lambda: None).result()  # the failed write has run
+    with pytest.raises(MlflowException):
+        writer.log("no-such-run", [Metric("kl_mean", 2.0, 0, 1)])
+    errors = writer.close()
+    assert len(errors) == 1 and isinstance(errors[0], MlflowException)
