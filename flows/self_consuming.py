@@ -1,8 +1,9 @@
 """The self-consuming loop as Prefect flows, shared by every study.
 
 `run_study` opens an MLflow parent run, runs `method_loop` (a subflow) for each method and grid
-point, has a nested MLflow run per seed logged under the method's run in the background, then
-publishes the tidy table, the curves, the DVC summary and the figures. `method_loop` runs one task
+point (without a heartbeat thread of its own: stopping one waits up to a second, and the study's
+flow run, in the same process, has one), has a nested MLflow run per seed logged under the method's
+run in the background, then publishes the tidy table, the curves, the DVC summary and the figures. `method_loop` runs one task
 (`tasks.steps.run_generation`) per generation, queues its metrics for MLflow (sent in the background)
 and resumes at the first generation without a record, after checking every stored record and
 dataset it relies on (`tasks.infra.resume`).
@@ -10,6 +11,7 @@ dataset it relies on (`tasks.infra.resume`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import pandas as pd
 import torch
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from tasks import loop, steps
 from tasks.infra import resume, storage, tracking
@@ -94,7 +97,8 @@ def _run_locked(studies: list[Study], params: Params, root: Path, figures: Figur
                 section: str) -> pd.DataFrame:
     paths = StudyPaths(root, experiment)
     runtime = {"torch": torch.__version__, "device": str(default_device())}
-    tags = {"loop_mode": params.loop.mode, "point_keys": ",".join(studies[0].point.keys), **runtime}
+    tags = {"loop_mode": params.loop.mode, "point_keys": ",".join(studies[0].point.keys), **runtime,
+            **({"dvc_experiment": os.environ["DVC_EXP_NAME"]} if "DVC_EXP_NAME" in os.environ else {})}
     tracker = StudyTracker(experiment, paths.mlflow_dir, {**flatten(params), **runtime}, tags)
     ok = False
     try:
@@ -105,8 +109,9 @@ def _run_locked(studies: list[Study], params: Params, root: Path, figures: Figur
                 folder = paths.method_dir(method) / name if name else paths.method_dir(method)
                 run_id = tracker.start_method(method, study.point, study.labels)
                 try:
-                    records = method_loop(study, params.loop, params.seed, experiment, method, name, folder,
-                                          run_id)
+                    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                        records = method_loop(study, params.loop, params.seed, experiment, method, name, folder,
+                                              run_id)
                 except BaseException:
                     tracker.finish(run_id, ok=False)
                     raise

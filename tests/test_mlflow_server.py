@@ -1,11 +1,13 @@
 """The real MLflow tracking server: a tiny study logged to it over HTTP, read back through the REST
-API, the report built from it, and its UI rendered in headless Chromium.
+API, the report built from it, and its UI rendered in headless Chromium: the experiment's page links a chart
+per metric with a curve per method.
 
 The UI screenshot is kept in `test-artifacts/` at the repository root, or in $TEST_ARTIFACTS.
 """
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -21,6 +23,7 @@ import pytest
 from flows.study import study_flow
 from flows.report import main as report
 from tasks.infra.servers import check_mlflow_server
+from tasks.studies import spec
 
 from conftest import ROOT, api_json, colour, figure_pixels, free_port, subprocess_env, wait_for, write_params
 
@@ -156,28 +159,40 @@ def test_report_bad_input_is_one_line_and_writes_nothing(mlflow_server, tmp_path
 
 
 def _chromium(url: str, profile: Path, *args: str) -> str:
-    """Headless Chromium on `url` with a fresh profile, run until the page settles; its stdout."""
+    """Headless Chromium on `url` with a fresh profile, run until the page settles (60 s of virtual time: the
+    charts draw once their metric histories are in); its stdout."""
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", "--virtual-time-budget=15000", *args, url]
+           f"--user-data-dir={profile}", "--virtual-time-budget=60000", *args, url]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
 
-def test_mlflow_ui_lists_the_study_runs(mlflow_server, served_study, tmp_path):
+def _text(dom: str) -> str:
+    return " ".join(re.sub(r"<script.*?</script>|<style.*?</style>|<[^>]+>", " ", dom, flags=re.S).split())
+
+
+def test_mlflow_ui_shows_the_main_metrics_with_a_curve_per_method(mlflow_server, served_study, tmp_path):
+    """The experiment's page (where a click on the experiment leads) links, in its description, the chart view
+    of the latest execution: the method runs side by side, a curve per method in each metric's chart."""
     if CHROMIUM is None:
         pytest.skip("chromium not installed: apt-get install chromium")
     tags = _runs(mlflow_server)
     parent = next(t["mlflow.runName"] for t in tags.values() if t["level"] == "study")
-    url = f"{mlflow_server}/#/experiments/{_experiment_id(mlflow_server)}/runs"
-    text = " ".join(re.sub(r"<script.*?</script>|<[^>]+>", " ", _chromium(url, tmp_path / "dom", "--dump-dom"),
-                           flags=re.S).split())
-    assert parent in text and f"{len(tags)} matching runs" in text, text[:3000]
+    page = _chromium(f"{mlflow_server}/#/experiments/{_experiment_id(mlflow_server)}", tmp_path / "page", "--dump-dom")
+    link = re.search(r'href="(#/experiments/[^"]+)"[^>]*>Metrics against generation, one curve per method</a>', page)
+    assert link and f"of the execution {parent}" in _text(page), _text(page)[:3000]
+    url = f"{mlflow_server}/{html.unescape(link.group(1))}"
+    text = _text(_chromium(url, tmp_path / "charts", "--dump-dom", "--window-size=1400,2400"))  # every chart in view
+    assert "2 matching runs" in text, text[:3000]  # the method runs, neither the parent nor the seeds
+    for metric in spec("gaussian").report_metrics:
+        for method in ("mle", "ple"):
+            assert f"{method} ({metric}_mean)" in text, (method, metric, text[:3000])  # a legend entry
     screenshot = ARTIFACTS / "mlflow_ui_gaussian.png"
     screenshot.unlink(missing_ok=True)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    _chromium(url, tmp_path / "screenshot", f"--screenshot={screenshot}", "--window-size=1400,900")
+    _chromium(url, tmp_path / "screenshot", f"--screenshot={screenshot}", "--window-size=1400,1900")
     assert screenshot.stat().st_size > 20_000
 
 

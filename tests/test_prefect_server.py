@@ -15,7 +15,7 @@ from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_DATABASE_CONNECTIO
                               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings)
 
 from tasks.errors import InputUnavailableError
-from tasks.infra.prefect_server import prefect_api
+from tasks.infra.prefect_server import SETTING, prefect_api
 
 from conftest import ROOT, free_port, subprocess_env, write_params
 
@@ -163,3 +163,24 @@ def test_make_run_s_server_on_a_port_in_use_is_one_line(tmp_path):
         f"error: port {port} of 127.0.0.1 is in use (a Prefect server already running?); set PREFECT_API_URL="
         f"http://127.0.0.1:{port}/api to use it, or choose another port with PREFECT_PORT\n")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_dvc_repro_starts_its_server_on_a_machine_at_load_4(project_copy):
+    """`dvc repro gaussian` without PREFECT_API_URL while four processes keep every core busy (load 4 on
+    2 cores): the study's temporary server comes up within the default start-up time and the stage passes."""
+    repo = project_copy
+    write_params(repo, gaussian={"n_samples": 8, "generations": 2, "seeds": 2})
+    env = {k: v for k, v in subprocess_env().items() if k != SETTING}  # the project's default start-up time
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(4)]
+    try:
+        result = subprocess.run([sys.executable, "-m", "dvc", "repro", "gaussian"], cwd=repo, env=env,
+                                capture_output=True, text=True, timeout=900)
+        assert all(burner.poll() is None for burner in burners), "the load ended before the stage did"
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Timed out" not in result.stderr
+    assert (repo / "metrics/gaussian/curves.csv").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +19,7 @@ from flows.study import study_flow
 from flows.sweep import main, sweep_flow
 from tasks.infra import storage
 
-from conftest import write_params
+from conftest import run, subprocess_env, wait_for, write_params
 from test_fairness_study import TINY as FAIRNESS
 
 TINY = dict(gaussian={"n_samples": 6, "generations": 3, "seeds": 4})
@@ -163,3 +165,35 @@ def test_fairness_sweep_over_lambda(tmp_path, prefect_api, mlflow_store):
     for slug, lam in zip(slugs, ("0.1", "10.0")):
         runs = client.search_runs([experiment], f"tags.sweep_point = '{slug}' and tags.level = 'method'")
         assert [r.data.tags["sweep_lam"] for r in runs] == [lam] and runs[0].info.status == "FINISHED"
+
+
+def _dvc(repo: Path, env: dict[str, str], *args: str) -> str:
+    return run([sys.executable, "-m", "dvc", *args], repo, env).stdout
+
+
+@pytest.mark.slow
+def test_dvc_queue_runs_a_two_point_gaussian_sweep(project_copy, prefect_api):
+    """The DVC-native sweep of the README: two queued experiments run by two queue workers, each in its own
+    temporary copy; both appear in `dvc exp show` with their params and metrics, and their MLflow runs land in
+    the repository's store, tagged with the experiment's name."""
+    repo, env = project_copy, subprocess_env(prefect_api)
+    write_params(repo, gaussian={"n_samples": 6, "generations": 2, "seeds": 3})
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "project"], repo, env)
+    for n in (6, 12):
+        _dvc(repo, env, "exp", "run", "--queue", "--name", f"n{n}", "-S", f"gaussian.n_samples={n}", "gaussian")
+    _dvc(repo, env, "queue", "start", "-j", "2")
+    wait_for(lambda: not {"Queued", "Running"} & set(_dvc(repo, env, "queue", "status").split()), 600,
+             "the DVC queue")
+    assert _dvc(repo, env, "queue", "status").count("Success") == 2, _dvc(repo, env, "queue", "logs", "n6")
+    shown = {rev["name"]: rev["data"] for baseline in json.loads(_dvc(repo, env, "exp", "show", "--json"))
+             for experiment in baseline.get("experiments") or [] for rev in experiment["revs"]}
+    assert set(shown) == {"n6", "n12"}
+    for name, data in shown.items():
+        assert data["params"]["params.yaml"]["data"]["gaussian"]["n_samples"] == int(name[1:])
+        summary = data["metrics"]["metrics/gaussian/summary.json"]["data"]
+        assert summary["generation"] == 1 and set(summary) >= {"mle", "ple"}
+    client = MlflowClient(f"sqlite:///{repo / '.mlflow' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("gaussian").experiment_id], "tags.level = 'study'")
+    assert sorted(r.data.tags.get("dvc_experiment") for r in runs) == ["n12", "n6"]
+    assert {r.info.status for r in runs} == {"FINISHED"}

@@ -1,4 +1,5 @@
-"""The background MLflow writer of a study (tasks/infra/tracking.py), on a real SQLite store."""
+"""The background MLflow writer of a study and the link to its chart view (tasks/infra/tracking.py), on a
+real SQLite store."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import torch
@@ -14,8 +16,8 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from tasks.infra import storage
-from tasks.infra.tracking import Writer
-from tasks.loop import real_dataset
+from tasks.infra.tracking import StudyTracker, Writer
+from tasks.loop import GridPoint, real_dataset
 
 
 class CountingClient(MlflowClient):
@@ -72,3 +74,22 @@ def test_a_failed_write_is_raised_by_the_next_log_and_by_close(client):
         writer.log("no-such-run", [Metric("kl_mean", 2.0, 0, 1)])
     errors = writer.close()
     assert len(errors) == 1 and isinstance(errors[0], MlflowException)
+
+
+def test_an_execution_links_the_chart_view_of_its_method_runs(tmp_path):
+    """From its first method run on, the experiment's and the parent run's descriptions link a view whose
+    filter MLflow answers with exactly the execution's method runs (not its parent, not their seed runs)."""
+    tracker = StudyTracker("gaussian", tmp_path, {"seed": 0}, {})  # the session's store (MLFLOW_TRACKING_URI)
+    client, note = tracker.client, "mlflow.note.content"
+    assert note not in client.get_run(tracker.parent_id).data.tags
+    runs = [tracker.start_method(method, GridPoint(), {}) for method in ("mle", "ple")]
+    tracker.log_seeds(runs[0], [{"generation": 0, "metrics": {"kl": [0.5, 0.25]}}])
+    tracker.close(ok=True)
+    text = client.get_experiment(tracker.experiment_id).tags[note]
+    assert client.get_run(tracker.parent_id).data.tags[note] == text and tracker.name in text
+    fragment = urlsplit(text[text.index("(#") + 2:text.index(")")])
+    assert fragment.path == f"/experiments/{tracker.experiment_id}/runs"
+    query = {key: value for key, (value,) in parse_qs(fragment.query).items()}
+    assert query["compareRunsMode"] == "CHART" and query["workflowType"] == "machine_learning"
+    found = client.search_runs([tracker.experiment_id], query["searchFilter"])
+    assert sorted(r.info.run_id for r in found) == sorted(runs)

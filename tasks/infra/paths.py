@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,5 +56,7 @@ class StudyPaths:
 
     @property
     def mlflow_dir(self) -> Path:
-        """The default local MLflow store (SQLite database and artifacts), ignored by git."""
-        return self.root / ".mlflow"
+        """The default local MLflow store (SQLite database and artifacts), ignored by git: in the repository
+        that runs the DVC stage ($DVC_ROOT), so that experiments run by `dvc queue start` in temporary copies
+        log where `make ui` looks; else under the root."""
+        return Path(os.environ.get("DVC_ROOT") or self.root) / ".mlflow"

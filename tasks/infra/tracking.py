@@ -14,12 +14,15 @@ on the parent and method runs (seed runs share them; leaving them out keeps a se
 calls). Each generation's dataset is an MLflow dataset input of the method run whose digest is
 the md5 DVC records for it and whose source is its path relative to the working directory.
 A study run as one point of a sweep (`sweep_point`) logs into the sweep's store instead, its
-parent run nested under the sweep's run and tagged with the point.
+parent run nested under the sweep's run and tagged with the point. Once an execution has a method
+run, its parent run's description and the experiment's (`mlflow.note.content`, at the top of the
+experiment's page in the UI) link the UI's chart view of its method runs (`chart_view`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -32,6 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import mlflow.data
 import pyarrow as pa
@@ -71,8 +75,14 @@ class SweepPoint:
 
 @functools.cache
 def client(uri: str) -> MlflowClient:
-    """One client per tracking URI and process: tasks get the URI, never a live client."""
-    return MlflowClient(uri)
+    """One client per tracking URI and process: tasks get the URI, never a live client. A SQLite store is
+    opened (its tables created or upgraded) under an exclusive lock on `<database>.lock`: two studies
+    starting at once on a new store would otherwise both create its tables, and one would fail."""
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(uri)
+    with open(f"{uri.removeprefix('sqlite:///')}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return MlflowClient(uri)
 
 
 _SWEEP_POINT: ContextVar[SweepPoint | None] = ContextVar("sweep_point", default=None)
@@ -114,6 +124,16 @@ def _mlflow_schema(parquet: pq.ParquetFile) -> tuple[str, str | None]:
         warnings.simplefilter("ignore", UserWarning)
         entity = mlflow.data.from_pandas(head, source="dataset.parquet")._to_mlflow_entity()
     return entity.source_type, entity.schema
+
+
+def chart_view(experiment_id: str, parent_id: str) -> str:
+    """The MLflow UI's chart view (URL fragment) of the method runs under `parent_id`: a chart per metric
+    against step = generation, a curve per method run. Sorted by name rather than start time, the UI
+    lists them flat instead of folded under their parent run (which has no metrics to plot)."""
+    query = {"workflowType": "machine_learning", "compareRunsMode": "CHART",
+             "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_id}'",
+             "orderByKey": "tags.`mlflow.runName`", "orderByAsc": "true"}
+    return f"#/experiments/{experiment_id}/runs?{urlencode(query, quote_via=quote)}"
 
 
 class Writer:
@@ -187,8 +207,8 @@ class StudyTracker:
             self.experiment_id = found.experiment_id
             self._mark_killed()
         nested = {"mlflow.parentRunId": point.parent_id} if point else {}
-        self.parent_id = self._run(name or f"{experiment} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                                   {"level": "study", **self.tags, **nested})
+        self.name = name or f"{experiment} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        self.parent_id = self._run(self.name, {"level": "study", **self.tags, **nested})
         self.client.log_batch(self.parent_id, params=self.params)
 
     def _mark_killed(self) -> None:
@@ -211,9 +231,19 @@ class StudyTracker:
         tags = {**self.tags, **columns, "method": method, "point": point.name}
         run_id = self._run(name, {**tags, "level": "method"}, self.parent_id)
         self.client.log_batch(run_id, params=self.params)
+        if not self.methods:
+            self._describe()
         self.methods[run_id] = (name, tags)
         _WRITERS[run_id] = self.writer
         return run_id
+
+    def _describe(self) -> None:
+        """Link the chart view of this execution's method runs from its parent run's and the experiment's
+        descriptions."""
+        link = chart_view(self.experiment_id, self.parent_id)
+        text = f"[Metrics against generation, one curve per method]({link}) of the execution {self.name}"
+        self.client.set_tag(self.parent_id, "mlflow.note.content", text)
+        self.client.set_experiment_tag(self.experiment_id, "mlflow.note.content", text)
 
     def log_seeds(self, run_id: str, records: list[dict]) -> None:
         """A finished run per seed nested under the method run `run_id`, with that seed's value of
