@@ -2,8 +2,8 @@
 
 `run_study` opens an MLflow parent run, runs `method_loop` (a subflow) for each method and grid
 point (without a heartbeat thread of its own: stopping one waits up to a second, and the study's
-flow run, in the same process, has one), has a nested MLflow run per seed logged under the method's
-run in the background, then publishes the tidy table, the curves, the DVC summary and the figures. `method_loop` runs one task
+flow run, in the same process, has one), has every seed's values logged to the method's run as
+`seeds.csv` in the background, then publishes the tidy table, the curves, the DVC summary and the figures. `method_loop` runs one task
 (`tasks.steps.run_generation`) per generation, queues its metrics for MLflow (sent in the background)
 and resumes at the first generation without a record, after checking every stored record and
 dataset it relies on (`tasks.infra.resume`).
@@ -116,9 +116,10 @@ def _run_locked(studies: list[Study], params: Params, root: Path, figures: Figur
                     tracker.finish(run_id, ok=False)
                     raise
                 tracker.finish(run_id)
-                tracker.log_seeds(run_id, records)
-                frames += [tables.tidy_rows(experiment, method, r["generation"], r["metrics"]).assign(
-                    **study.point.coordinates, **study.labels) for r in records]
+                frames.append(pd.concat([tables.tidy_rows(experiment, method, r["generation"], r["metrics"])
+                                         for r in records], ignore_index=True).assign(
+                    **study.point.coordinates, **study.labels))
+                tracker.log_seeds(run_id, frames[-1])
         tidy = pd.concat(frames, ignore_index=True)
         publish(tidy, paths, tracker, lambda curve_table: figures(studies, params, tidy, curve_table, paths),
                 studies[0].point.keys)

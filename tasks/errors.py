@@ -38,7 +38,7 @@ class LockedError(UserError):
 
 
 class ReportError(UserError):
-    """An unknown study, or a study without a finished execution with seed runs in MLflow."""
+    """An unknown study, or a study without a finished execution with seed values in MLflow."""
 
 
 def debugging() -> bool:

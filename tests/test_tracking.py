@@ -78,12 +78,11 @@ def test_a_failed_write_is_raised_by_the_next_log_and_by_close(client):
 
 def test_an_execution_links_the_chart_view_of_its_method_runs(tmp_path):
     """From its first method run on, the experiment's and the parent run's descriptions link a view whose
-    filter MLflow answers with exactly the execution's method runs (not its parent, not their seed runs)."""
+    filter MLflow answers with exactly the execution's method runs (not its parent)."""
     tracker = StudyTracker("gaussian", tmp_path, {"seed": 0}, {})  # the session's store (MLFLOW_TRACKING_URI)
     client, note = tracker.client, "mlflow.note.content"
     assert note not in client.get_run(tracker.parent_id).data.tags
     runs = [tracker.start_method(method, GridPoint(), {}) for method in ("mle", "ple")]
-    tracker.log_seeds(runs[0], [{"generation": 0, "metrics": {"kl": [0.5, 0.25]}}])
     tracker.close(ok=True)
     text = client.get_experiment(tracker.experiment_id).tags[note]
     assert client.get_run(tracker.parent_id).data.tags[note] == text and tracker.name in text

@@ -1,18 +1,17 @@
-"""MLflow tracking: one experiment per study, a parent run per execution, a child run per
-method (and grid point), and under each of those a nested run per seed.
+"""MLflow tracking: one experiment per study, a parent run per execution and a child run per
+method (and grid point), whose artifact `seeds.csv` holds every seed's values.
 
 The tracking URI is `MLFLOW_TRACKING_URI` when set, else a SQLite file in the repository
 (`.mlflow/mlflow.db`, artifacts in `.mlflow/artifacts`). Every run carries the same tags:
-`level` (study, method or seed), `experiment`, `loop_mode`, `point_keys` (the grid's keys,
+`level` (study or method), `experiment`, `loop_mode`, `point_keys` (the grid's keys,
 comma-separated, '' without a grid), `torch`, `device`, and the `host` and `pid` of the process
-(a run left RUNNING by a process that no longer exists is marked KILLED when the study starts again); method and seed runs add `method`,
-`point` ('weight=0.95,n_samples=50', '' without a grid), one tag per grid key and label (the
-columns of `per_generation.csv`), and seed runs `seed`. Metric names are those of the tables:
-a method run has the seed statistics `<metric>_mean`, `_se`, `_median` (as `curves.csv`), a seed
-run its own `<metric>` (as `per_generation.csv`), both with step = generation. Params are logged
-on the parent and method runs (seed runs share them; leaving them out keeps a seed run at three
-calls). Each generation's dataset is an MLflow dataset input of the method run whose digest is
-the md5 DVC records for it and whose source is its path relative to the working directory.
+(a run left RUNNING by a process that no longer exists is marked KILLED when the study starts
+again); method runs add `method`, `point` ('weight=0.95,n_samples=50', '' without a grid) and one
+tag per grid key and label (the columns of `per_generation.csv`). A method run's metrics are the
+seed statistics `<metric>_mean`, `_se`, `_median` (as `curves.csv`) with step = generation, and
+its `seeds.csv` the tidy rows of its seeds (as `per_generation.csv`). Params are logged on the
+parent and method runs. Each generation's dataset is an MLflow dataset input of the method run whose
+digest is the md5 DVC records for it and whose source is its path relative to the working directory.
 A study run as one point of a sweep (`sweep_point`) logs into the sweep's store instead, its
 parent run nested under the sweep's run and tagged with the point. Once an execution has a method
 run, its parent run's description and the experiment's (`mlflow.note.content`, at the top of the
@@ -27,6 +26,7 @@ import functools
 import json
 import os
 import socket
+import tempfile
 import threading
 import time
 import warnings
@@ -38,6 +38,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import mlflow.data
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from mlflow import MlflowClient
@@ -182,11 +183,12 @@ class Writer:
         return [f.exception() for f in self.futures if f.exception() is not None]
 
 
+SEEDS = "seeds.csv"  # a method run's artifact: the values of every seed
 _WRITERS: dict[str, Writer] = {}  # method run id -> the writer of the study that started it
 
 
 class StudyTracker:
-    """A parent run for one execution of a study, a child run per method and grid point, a run per seed.
+    """A parent run for one execution of a study, a child run per method and grid point.
 
     Inside `sweep_point` the parent run is itself a child of the sweep's run, in the sweep's store."""
 
@@ -245,29 +247,17 @@ class StudyTracker:
         self.client.set_tag(self.parent_id, "mlflow.note.content", text)
         self.client.set_experiment_tag(self.experiment_id, "mlflow.note.content", text)
 
-    def log_seeds(self, run_id: str, records: list[dict]) -> None:
-        """A finished run per seed nested under the method run `run_id`, with that seed's value of
-        every metric of every generation in `records` (step = generation; NaN left out, as in the
-        seed statistics). 3 requests per seed, sent by a background thread while the study goes on
-        (`close` waits for them). Above `AUTOPHAGY_MAX_SEED_RUNS` seeds (default 100) none are
-        logged, as thousands of runs would take minutes: the method run is tagged `seed_runs`."""
-        seeds = len(next(iter(records[0]["metrics"].values())))
-        limit = int(os.environ.get("AUTOPHAGY_MAX_SEED_RUNS", "100"))
-        if seeds > limit:
-            self.client.set_tag(run_id, "seed_runs", f"not logged: {seeds} seeds > AUTOPHAGY_MAX_SEED_RUNS={limit}")
-            return
-        self.writer.submit(self._log_seeds, run_id, records)
+    def log_seeds(self, run_id: str, tidy: pd.DataFrame) -> None:
+        """`seeds.csv` of method run `run_id`: its tidy rows (seed, generation, metric, value and the
+        point's columns), written by the background thread. One artifact rather than a run per seed:
+        100 seeds of two methods took 600 requests that the end of a study waited for."""
+        self.writer.submit(self._log_seeds, run_id, tidy)
 
-    def _log_seeds(self, run_id: str, records: list[dict]) -> None:
-        name, tags = self.methods[run_id]
-        now = int(time.time() * 1000)
-        for seed in range(len(next(iter(records[0]["metrics"].values())))):
-            metrics = [Metric(metric, float(values[seed]), now, record["generation"])
-                       for record in records for metric, values in record["metrics"].items()
-                       if values[seed] == values[seed]]
-            child = self._run(f"{name} seed={seed}", {**tags, "level": "seed", "seed": str(seed)}, run_id)
-            self.client.log_batch(child, metrics=metrics)  # the client splits it into batches MLflow accepts
-            self.finish(child)
+    def _log_seeds(self, run_id: str, tidy: pd.DataFrame) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / SEEDS
+            tidy.to_csv(path, index=False)
+            self.client.log_artifact(run_id, str(path))
 
     def log_artifact(self, path: Path) -> None:
         self.client.log_artifact(self.parent_id, str(path))

@@ -1,14 +1,14 @@
 """A study's report from MLflow alone: mean ± standard error across seeds per method and generation.
 
 The report reads the study's latest finished execution (the parent run tagged `level=study`),
-its method runs and their per-seed runs through MLflow's client (`search_runs`,
-`get_metric_history`), so it needs neither the study's files nor the machine that ran it. The
-statistics are those of `tasks.outputs.tables`, computed from the seed runs' own values, so they equal
-`curves.csv` of that execution.
+its method runs and their `seeds.csv` (every seed's values) through MLflow's client, so it needs
+neither the study's files nor the machine that ran it. The statistics are those of
+`tasks.outputs.tables`, computed from the seeds' values, so they equal `curves.csv` of that execution.
 """
 
 from __future__ import annotations
 
+import tempfile
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from mlflow.entities import Run
 
 from tasks.errors import ReportError
 from tasks.infra import storage
+from tasks.infra.tracking import SEEDS
 from tasks.loop import GridPoint
 from tasks.response import degenerate
 from tasks.outputs import tables
@@ -61,22 +62,18 @@ def grid_keys(execution: Run) -> list[str]:
 
 def seed_values(client: MlflowClient, execution: Run, patterns: tuple[str, ...]) -> pd.DataFrame:
     """Tidy rows (method, <grid keys>, seed, generation, metric, value) of the metrics matching
-    `patterns`, read from the seed runs under every method run of `execution`."""
-    grid, rows = grid_keys(execution), []
-    for method_run in children(client, execution):
-        for seed_run in children(client, method_run):
-            tags = seed_run.data.tags
-            keys = {"method": tags["method"], **{k: tags[k] for k in grid}, "seed": int(tags["seed"])}
-            for metric in [m for m in seed_run.data.metrics if any(fnmatch(m, p) for p in patterns)]:
-                rows += [{**keys, "generation": m.step, "metric": metric, "value": m.value}
-                         for m in client.get_metric_history(seed_run.info.run_id, metric)]
-    if not rows:
-        raise ReportError(f"run {execution.info.run_name!r} has no seed runs with metrics {', '.join(patterns)}")
-    tidy = pd.DataFrame(rows)
-    for key in grid:  # tags are strings; numeric grid values sort as numbers
-        numeric = pd.to_numeric(tidy[key], errors="coerce")
-        if numeric.notna().all():
-            tidy[key] = numeric
+    `patterns`, read from the `seeds.csv` of every method run of `execution`."""
+    frames = []
+    with tempfile.TemporaryDirectory() as folder:
+        for method_run in children(client, execution):
+            run_id = method_run.info.run_id
+            if any(item.path == SEEDS for item in client.list_artifacts(run_id)):
+                frames.append(pd.read_csv(client.download_artifacts(run_id, SEEDS, folder)))
+    tidy = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["metric"])
+    tidy = tidy[[any(fnmatch(metric, p) for p in patterns) for metric in tidy["metric"]]]
+    if tidy.empty:
+        raise ReportError(f"run {execution.info.run_name!r} has no method runs with seed values of "
+                          f"{', '.join(patterns)}")
     return tidy
 
 
