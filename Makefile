@@ -9,7 +9,7 @@ export DVC_NO_ANALYTICS := 1
 MUTATE_JOBS ?= 2
 PREFECT_PORT ?= 4200
 
-.PHONY: run test test-fast bench serve ui report mutate
+.PHONY: run test test-fast bench serve lab ui report mutate
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,9 +55,18 @@ serve: $(VENV)/.installed
 	until python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$(PREFECT_PORT)/api/health', timeout=2)" 2>/dev/null; do sleep 1; done; \
 	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api python -m flows.serve flows/deployments.yaml
 
+# Lab mode, in the foreground until Ctrl-C: PostgreSQL (Debian's package `postgresql`: apt-get install postgresql), a
+# Prefect server and an MLflow server on it, a process work pool with LAB_WORKERS workers and the deployments of
+# flows/deployments.yaml on it; state and logs in .lab/. Settings (README, "Lab mode"): LAB_PG_USER, LAB_PG_PASSWORD,
+# LAB_PG_PORT (5433), LAB_PG_HOST (an existing PostgreSQL), PREFECT_PORT, MLFLOW_PORT, LAB_POOL, LAB_WORKERS.
+lab: $(VENV)/.installed
+	python -m tasks.infra.lab --dir .lab
+
 # The MLflow UI on the local tracking store (what the studies log to without MLFLOW_TRACKING_URI).
 MLFLOW_PORT ?= 5000
 ui: $(VENV)/.installed
+	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT): open a study's experiment, then the link at the top of" \
+	      "its page for its metrics against generation, one curve per method"
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.mlflow/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 # reports/<study>/comparison.png and table.md for each default study, read from its latest run in MLflow.

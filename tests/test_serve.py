@@ -37,7 +37,8 @@ def test_bad_deployments_file_is_one_line(tmp_path, entry, message):
 def test_served_deployments_have_schedules_and_run_with_parameters(tmp_path, project_copy):
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {**subprocess_env(), "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api}
+    env = {**subprocess_env(), "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     served = None
@@ -58,6 +59,10 @@ def test_served_deployments_have_schedules_and_run_with_parameters(tmp_path, pro
         crons = {d["name"]: [s["schedule"]["cron"] for s in d["schedules"]] for d in found}
         assert crons == {"nightly": ["0 2 * * *"], "weekly": ["0 4 * * 0"]}
         nightly = next(d for d in found if d["name"] == "nightly")
+        scheduled = wait_for(lambda: api_json(f"{api}/flow_runs/filter", {  # by the server's scheduler service
+            "deployments": {"id": {"any_": [nightly["id"]]}}, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+            "sort": "EXPECTED_START_TIME_ASC", "limit": 5}), 60, "the scheduler's runs of the deployment")
+        assert [r["expected_start_time"][11:19] for r in scheduled] == ["02:00:00"] * len(scheduled)
         run = wait_for(lambda: api_json(f"{api}/deployments/{nightly['id']}/create_flow_run",  # 503 while
                                         {"parameters": {"params_file": "tiny/params.yaml"}}),  # SQLite is locked
                        60, "a flow run of the deployment")
