@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -19,7 +20,9 @@ from models.gmm import GMMGenerator, Mixture, bounded, em, kl_monte_carlo
 from models.ple import Fitted
 from tasks.loop import GridPoint, generator, real_dataset
 from tasks.studies import load_params
-from tasks.studies.gmm import build_grid, build_lambda_sweep
+from tasks.infra.paths import StudyPaths
+from tasks.outputs.tables import curves, tidy_rows
+from tasks.studies.gmm import build_grid, build_lambda_sweep, grid_figures
 from tasks.studies.gmm.study import GMMParams, GMMStudy
 
 from conftest import ROOT, write_params
@@ -318,3 +321,14 @@ def test_the_component_pick_passes_the_gradient_of_the_tempered_softmax_straight
     expected = (torch.diag(soft) - soft[:, None] * soft[None]) @ torch.tensor([-1.0, 1.0]) / 0.5
     assert y.item() == -1.0
     torch.testing.assert_close(gmm.logits.grad, expected)
+
+
+@pytest.mark.parametrize("methods", [["mle", "ple"], ["ple"], ["hyper_mle", "mle"]])
+def test_the_kl_difference_heatmap_is_drawn_only_where_mle_and_ple_both_ran(tmp_path, methods):
+    """`gmm.methods` may leave mle or ple out: the figures are those the methods that ran allow."""
+    tidy = pd.concat([tidy_rows("gmm", method, g, {"kl": [0.1, 0.2, 0.3]}).assign(weight=0.8, n_samples=50)
+                      for method in methods for g in range(2)], ignore_index=True)
+    paths = StudyPaths(tmp_path, "gmm")
+    drawn = grid_figures([], None, tidy, curves(tidy, ["weight", "n_samples"]), paths)
+    expected = ["kl_difference.png"] * ({"mle", "ple"} <= set(methods)) + ["kl_curves.png"]
+    assert [path.name for path in drawn] == expected and all(path.exists() for path in drawn)

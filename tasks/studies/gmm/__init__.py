@@ -35,8 +35,10 @@ def build_lambda_sweep(params, root: Path) -> list[GMMStudy]:
 
 
 def grid_figures(studies, params, tidy: pd.DataFrame, curve_table: pd.DataFrame, paths: StudyPaths) -> list[Path]:
-    return [gmm_figures.kl_difference_heatmap(tidy, paths.figures / "kl_difference.png"),
-            gmm_figures.kl_curves(curve_table, paths.figures / "kl_curves.png")]
+    """The KL curves, and the heatmap of KL_MLE - KL_PLE when both ran (`gmm.methods` may leave one out)."""
+    heatmap = ([gmm_figures.kl_difference_heatmap(tidy, paths.figures / "kl_difference.png")]
+               if {"mle", "ple"} <= set(tidy.method) else [])
+    return [*heatmap, gmm_figures.kl_curves(curve_table, paths.figures / "kl_curves.png")]
 
 
 def lambda_figures(studies, params, tidy: pd.DataFrame, curve_table: pd.DataFrame, paths: StudyPaths) -> list[Path]:
