@@ -1,24 +1,24 @@
-"""Sweeps and orchestration overhead, measured on the Gaussian study (mle + ple, replace loop).
+"""Sweeps against serial on compute-bound points, with the lab's PostgreSQL-backed servers.
 
-Prints, measured in this one run:
-- the wall time of a 4-point sweep (2 seeds x 2 sampling biases) run serially (one thread) and on
-  a local Dask cluster of 2 single-threaded worker processes (cluster start included), and their ratio;
-- the overhead per generation (one method) that orchestration adds to the same study:
-  (a) compute only: the flow's task functions chained in a Python loop, no Prefect, MLflow or I/O;
-  (b) the Prefect flow (task runs, MLflow logging, Parquet and records), marginal cost per
-      generation from two runs of different length, so fixed costs (MLflow tables, figures) cancel;
-  (c) `dvc repro gaussian` in a temporary git + DVC copy of the project (process and temporary
-      Prefect server start, DVC hashing and caching included);
-  (a) to (b) and the sweeps share one temporary Prefect server, started before any measurement;
-  each as seconds per generation and as a share of its wall time.
+A 4-point sweep of the gmm study (seed x lam, ple only: hypernetwork fits) at one grid point, run
+- serially (one thread),
+- on 2 threads of this process,
+- on a local Dask cluster of 2 single-threaded worker processes (cluster start included),
+- on the lab's work pool of 2 process workers (each point a flow run in a new process),
+each in a fresh root, every run reporting to one Prefect server and one MLflow server on PostgreSQL
+(`make lab`, started here in a temporary folder). Prints each wall time, its speed-up over serial,
+and the per-point overhead of each runner: the wall time of a sweep of 4 near-empty points (the
+Gaussian study, one seed, one generation) divided by 4.
 
-    python benchmarks/sweep.py [--seeds 100 --n 100 --generations 20]
+    python benchmarks/sweep.py [--seeds 16 --steps 500 --generations 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,89 +27,85 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+sys.path[:0] = [str(ROOT)]
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.pop("MLFLOW_TRACKING_URI", None)  # every run logs into its temporary root's .mlflow
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from gaussian_vectorisation import compute_seconds, repro_seconds  # noqa: E402
-
-from flows.study import study_flow  # noqa: E402
-from flows.sweep import one_server, sweep_flow  # noqa: E402
-
-METHODS = 2  # mle and ple
+RUNNERS = [("serial (1 thread)", "threads", 1), ("2 threads", "threads", 2), ("Dask, 2 processes", "dask", 2),
+           ("work pool, 2 workers", "pool", 2)]
+POOL = "bench"
 
 
-def study_root(folder: Path, seeds: int, n: int, generations: int) -> Path:
-    """`folder` with the project's params.yaml shrunk to the benchmark's Gaussian study."""
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_lab(folder: Path) -> subprocess.Popen:
+    """`python -m tasks.infra.lab` in `folder` on free ports, with a work pool of 2 workers; returns once it is ready
+    and its servers are this process's PREFECT_API_URL and MLFLOW_TRACKING_URI."""
+    env = {**os.environ, "PREFECT_PORT": str(free_port()), "MLFLOW_PORT": str(free_port()),
+           "LAB_PG_PORT": str(free_port()), "LAB_POOL": POOL, "LAB_WORKERS": "2"}
+    lab = subprocess.Popen([sys.executable, "-m", "tasks.infra.lab", "--dir", str(folder / "lab")], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, text=True)
+    for line in lab.stdout:
+        if line.startswith("  export "):
+            key, value = line.split()[1].split("=", 1)
+            os.environ[key] = value
+        if line.startswith("Prefect UI"):
+            return lab
+    raise SystemExit(f"the lab did not start (exit code {lab.wait()}); its logs are in {folder / 'lab/logs'}")
+
+
+def sweep_root(folder: Path, study: str, section: dict, grid: dict) -> Path:
+    """`folder` with the project's params.yaml, the study's section updated, and sweeps/bench.yaml."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["loop"]["mode"] = "replace"
-    params["gaussian"].update(n_samples=n, generations=generations, seeds=seeds, distribution="normal")
+    params[study].update(section)
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    (folder / "sweeps").mkdir()
+    (folder / "sweeps/bench.yaml").write_text(yaml.safe_dump({"study": study, "grid": grid}))
     return folder
 
 
-def sweep_seconds(size: dict, runner: str, workers: int) -> float:
-    """Wall time of the 4-point sweep in a fresh root."""
-    with tempfile.TemporaryDirectory() as tmp:
-        root = study_root(Path(tmp), **size)
-        (root / "sweeps").mkdir()
-        sweep = root / "sweeps" / "bench.yaml"
-        sweep.write_text(yaml.safe_dump({"study": "gaussian", "grid": {"seed": [0, 1], "sampling_bias": [1.0, 0.9]}}))
-        start = time.perf_counter()
-        sweep_flow(sweep_file=str(sweep), root=str(root), runner=runner, workers=workers)
-        return time.perf_counter() - start
+def sweep_seconds(root: Path, runner: str, workers: int) -> float:
+    from flows.sweep import sweep_flow
 
-
-def flow_seconds(size: dict) -> float:
-    """Wall time of the Gaussian flow in this process (its Prefect server already running), fresh root."""
-    with tempfile.TemporaryDirectory() as tmp:
-        root = study_root(Path(tmp), **size)
-        start = time.perf_counter()
-        study_flow(study="gaussian", params_file=str(root / "params.yaml"), root=str(root))
-        return time.perf_counter() - start
-
-
-def line(label: str, wall: float, compute: float, generations: int) -> None:
-    overhead = (wall - compute) / (METHODS * generations)
-    print(f"{label:<34}: {wall / (METHODS * generations) * 1000:8.1f} ms/generation, overhead "
-          f"{overhead * 1000:8.1f} ms = {(wall - compute) / wall:6.1%} of the wall time")
+    start = time.perf_counter()
+    sweep_flow(sweep_file=str(root / "sweeps/bench.yaml"), root=str(root), runner=runner, workers=workers, pool=POOL)
+    return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=100)
-    parser.add_argument("--n", type=int, default=100)
-    parser.add_argument("--generations", type=int, default=20)
+    parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=500, help="gmm.ple.steps: optimiser steps per ple fit")
+    parser.add_argument("--generations", type=int, default=3)
     args = parser.parse_args()
-    size = dict(seeds=args.seeds, n=args.n, generations=args.generations)
-    short = {**size, "generations": max(1, args.generations // 4)}
-    with one_server():  # started here, outside every measurement; (c) starts its own
-        measure(args, size, short)
-
-
-def measure(args: argparse.Namespace, size: dict, short: dict) -> None:
-    """Run every measurement and print the results."""
-    serial = sweep_seconds(size, "threads", 1)
-    dask = sweep_seconds(size, "dask", 2)
-    print(f"Gaussian study, {args.seeds} seeds x {args.generations} generations x n={args.n}, mle + ple")
-    print(f"4-point sweep, serial (1 thread)  : {serial:8.1f} s")
-    print(f"4-point sweep, Dask 2 processes   : {dask:8.1f} s (cluster start included)")
-    print(f"speed-up of the Dask cluster      : {serial / dask:8.2f} x")
-
-    compute = min(compute_seconds(seeds=args.seeds, n=args.n, generations=args.generations, per_seed=False)
-                  for _ in range(3))
-    compute_short = min(compute_seconds(seeds=args.seeds, n=args.n, generations=short["generations"], per_seed=False)
-                        for _ in range(3))
-    flow_long, flow_short = flow_seconds(size), flow_seconds(short)
-    repro = repro_seconds(**size)
-    print(f"(a) compute only                  : {compute / (METHODS * args.generations) * 1000:8.1f} ms/generation")
-    marginal = args.generations - short["generations"]
-    line("(b) Prefect flow, marginal", (flow_long - flow_short) / marginal * args.generations,
-         (compute - compute_short) / marginal * args.generations, args.generations)
-    line("(b) Prefect flow, whole run", flow_long, compute, args.generations)
-    line("(c) dvc repro, whole run", repro, compute, args.generations)
-    print(f"dvc repro / flow wall time        : {repro / flow_long:8.2f} x")
-    print(f"flow / compute wall time          : {flow_long / compute:8.0f} x")
+    gmm = {"grid": {"weight": [0.8], "n_samples": [50]}, "generations": args.generations, "seeds": args.seeds,
+           "methods": ["ple"], "ple": {"lam": 0.1, "steps": args.steps, "batch_fraction": 0.25}}
+    empty = {"n_samples": 4, "generations": 1, "seeds": 1}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)  # run as root, PostgreSQL runs as the postgres user, which must reach its folder
+        lab = start_lab(Path(tmp))
+        try:
+            walls, overheads = {}, {}
+            for label, runner, workers in RUNNERS:
+                with tempfile.TemporaryDirectory() as points, tempfile.TemporaryDirectory() as blank:
+                    walls[label] = sweep_seconds(sweep_root(Path(points), "gmm", gmm, {"seed": [0, 1],
+                                                                                       "lam": [0.1, 1.0]}),
+                                                 runner, workers)
+                    overheads[label] = sweep_seconds(sweep_root(Path(blank), "gaussian", empty, {"seed": [0, 1, 2, 3]}),
+                                                     runner, workers) / 4
+        finally:
+            lab.terminate()
+            lab.wait()
+    serial = walls[RUNNERS[0][0]]
+    print(f"gmm study, 4 points (seed x lam), ple, {args.seeds} seeds x {args.generations} generations x "
+          f"{args.steps} steps; Prefect and MLflow on PostgreSQL")
+    for label, _, _ in RUNNERS:
+        print(f"{label:<22}: {walls[label]:7.1f} s, {serial / walls[label]:5.2f}x serial, "
+              f"overhead per point {overheads[label]:5.1f} s")
 
 
 if __name__ == "__main__":

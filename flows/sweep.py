@@ -46,7 +46,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.study import study_flow
 from tasks.errors import ParamsError, report
-from tasks.infra.lab import check_pool, default_pool, from_repository
+from tasks.infra.lab import ONE_THREAD, check_pool, default_pool, from_repository
 from tasks.infra.prefect_server import prefect_api
 from tasks.infra.servers import check_servers
 from tasks.infra.sweep import Point, load_sweep, write_point_params
@@ -69,7 +69,7 @@ def task_runner(runner: Runner, workers: int, address: str | None) -> TaskRunner
     if address:
         return DaskTaskRunner(address=address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None})
+                                          "dashboard_address": None, "env": ONE_THREAD})
 
 
 def no_server_for(address: str) -> ParamsError:

@@ -50,6 +50,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DATABASES = ("prefect", "mlflow")
 START_SECONDS = 180.0  # for a service to answer, on a loaded machine (migrations of a new database included)
 STOP_SECONDS = 10.0  # between the stop signal and SIGKILL
+# A sweep's worker processes compute with one thread each: torch's default of one per core, in every worker at
+# once, oversubscribes the cores and its threads wait for each other.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def default_pool() -> str:
@@ -366,7 +369,8 @@ def lab(settings: Settings, deployments: Path) -> None:
         since = datetime.now(timezone.utc)
         names = [f"{settings.pool}-{i}" for i in range(1, settings.workers + 1)]
         workers = [start(f"worker-{i}", [sys.executable, "-m", "prefect", "worker", "start", "--pool", settings.pool,
-                                         "--type", "process", "--name", name, "--limit", "1"], logs, clients)
+                                         "--type", "process", "--name", name, "--limit", "1"], logs,
+                         {**clients, **ONE_THREAD})
                    for i, name in enumerate(names, 1)]
         deploy = start("deploy", [sys.executable, "-m", "flows.serve", deployments, "--pool", settings.pool], logs,
                        clients)
