@@ -47,6 +47,7 @@ bench: $(VENV)/.installed
 	python benchmarks/fid_features.py
 	python benchmarks/generator_training.py
 	python benchmarks/sweep.py
+	python benchmarks/orchestration.py
 
 # A Prefect server on 127.0.0.1 (state in .prefect/) serving the deployments of flows/deployments.yaml.
 serve: $(VENV)/.installed
