@@ -3,10 +3,10 @@
 `run_study` opens an MLflow parent run, runs `method_loop` (a subflow) for each method and grid
 point (without a heartbeat thread of its own: stopping one waits up to a second, and the study's
 flow run, in the same process, has one), has every seed's values logged to the method's run as
-`seeds.csv` in the background, then publishes the tidy table, the curves, the DVC summary and the figures. `method_loop` runs one task
-(`tasks.steps.run_generation`) per generation, queues its metrics for MLflow (sent in the background)
-and resumes at the first generation without a record, after checking every stored record and
-dataset it relies on (`tasks.infra.resume`).
+`seeds.csv` in the background, then publishes the tidy table, the curves, the DVC summary and the
+figures. `method_loop` runs one task (`tasks.steps.run_generation`) per generation, queues its
+metrics for MLflow (sent in the background) and resumes at the first generation without a record,
+after checking every stored record and dataset it relies on (`tasks.infra.resume`).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from flows.serve import load, main as serve_main
 from flows.sweep import main as sweep_main
 from tasks.errors import InputUnavailableError
 from tasks.infra.lab import postgres_bindir
-from tasks.infra.prefect_server import _port_free
+from tasks.infra.prefect_server import port_free
 
 from conftest import ROOT, api_json, free_port, subprocess_env, wait_for, write_params
 from test_sweep import TINY, _check_points, _sweep_file
@@ -250,7 +250,7 @@ def test_a_killed_lab_takes_its_services_along(lab, tmp_path):
     assert len(commands) == 4, commands  # Prefect, MLflow and the server it started, a worker; no PostgreSQL
     assert sum("mlflow.server.fastapi_app" in command for command in commands) == 1
     assert _still_running(services, 20) == []
-    assert all(_port_free(second.ports[name]) for name in ("PREFECT_PORT", "MLFLOW_PORT"))
+    assert all(port_free(second.ports[name]) for name in ("PREFECT_PORT", "MLFLOW_PORT"))
 
 
 @pytest.mark.slow
@@ -262,5 +262,5 @@ def test_ctrl_c_stops_every_service_cleanly(lab):
     assert lab.process.wait(timeout=60) == 0, lab.output.read_text()[-3000:]
     assert lab.output.read_text().endswith("Lab stopped.\n")
     assert _still_running(services, 10) == []
-    assert all(_port_free(port) for port in lab.ports.values())
+    assert all(port_free(port) for port in lab.ports.values())
     assert (lab.folder / "logs/postgres.log").read_text().rstrip().endswith("database system is shut down")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import glob
 import inspect
 import os
@@ -43,7 +42,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tasks.errors import InputUnavailableError, ParamsError, report
-from tasks.infra.prefect_server import PR_SET_PDEATHSIG, _die_with, _port_free
+from tasks.infra.prefect_server import die_with, port_free
 from tasks.infra.servers import masked
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,19 +168,6 @@ def _as(account: pwd.struct_passwd | None) -> dict:
     return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []} if account else {}
 
 
-def _stopped_with_parent(stop_signal: int) -> Callable[[], None]:
-    """A `preexec_fn`: `_die_with` this process, the kernel sending `stop_signal` instead of SIGKILL, so that the
-    service stops as it does at Ctrl-C (MLflow's server, for one, passes it on to its own child)."""
-    die, prctl = _die_with(os.getpid()), ctypes.CDLL(None, use_errno=True).prctl
-
-    def preexec() -> None:
-        die()
-        if prctl(PR_SET_PDEATHSIG, stop_signal) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-
-    return preexec
-
-
 def _last_line(path: Path) -> str:
     lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     return masked(lines[-1][:300]) if lines else "no output"
@@ -203,7 +189,7 @@ class Service:
         with open(log, "ab") as out:
             process = subprocess.Popen([str(part) for part in command], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                                        stdout=out, stderr=subprocess.STDOUT, process_group=0,
-                                       preexec_fn=_stopped_with_parent(stop_signal), **_as(account))
+                                       preexec_fn=die_with(os.getpid(), stop_signal), **_as(account))
         return cls(name, process, log, stop_signal)
 
     def failure(self, what: str) -> InputUnavailableError:
@@ -323,7 +309,7 @@ def preflight(settings: Settings) -> tuple[Path | None, pwd.struct_passwd | None
     if not settings.pg_host:
         ports["LAB_PG_PORT"] = settings.pg_port
     for variable, port in ports.items():
-        if not _port_free(port):
+        if not port_free(port):
             raise InputUnavailableError(f"port {port} of 127.0.0.1 ({variable}) is in use (a lab already running?); "
                                         f"stop what listens there or choose another port with {variable}")
     if settings.pg_host:

@@ -42,12 +42,13 @@ SETTING = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.name
 CAUSE = re.compile(r"\| ERROR +\| [\w.]+ - (?!Traceback)(.+)|^([A-Za-z_][\w.]*: .+)")  # a log record, an exception
 
 
-def _die_with(parent: int) -> Callable[[], None]:
-    """A `preexec_fn` that has the child killed (SIGKILL) when `parent` dies, even if it died during the fork."""
+def die_with(parent: int, stop_signal: int = signal.SIGKILL) -> Callable[[], None]:
+    """A `preexec_fn` that has the kernel send the child `stop_signal` (default SIGKILL) when `parent` dies, even
+    if it died during the fork."""
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
 
     def preexec() -> None:
-        if prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        if prctl(PR_SET_PDEATHSIG, stop_signal) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
         if os.getppid() != parent:
             os._exit(1)
@@ -55,7 +56,7 @@ def _die_with(parent: int) -> Callable[[], None]:
     return preexec
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -71,7 +72,7 @@ def _start(port: int, stderr: IO[bytes], home: Path | None = None) -> subprocess
             {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"})
     env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True), **kind}
     return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                            preexec_fn=_die_with(os.getpid()))
+                            preexec_fn=die_with(os.getpid()))
 
 
 def _cause(stderr: IO[bytes]) -> str:
@@ -120,7 +121,7 @@ def temporary_server(port: int | None = None, home: Path | None = None) -> Itera
     process dies; yields its API URL. With `home`, its database and UI are those of a lasting server (`_start`).
     Waits PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS for it to answer. Linux only; the kernel also kills it
     when the calling thread ends, so call it from the main thread."""
-    port = port or _free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}/api"
     with tempfile.TemporaryFile() as stderr:
         server = _start(port, stderr, home)
@@ -147,7 +148,7 @@ def prefect_api() -> Iterator[None]:
                 worker.drain_all(timeout=STOP_SECONDS)
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     """Whether a server can listen on `port` of 127.0.0.1 (as uvicorn binds: a closed connection's TIME_WAIT does
     not count)."""
     with socket.socket() as probe:
@@ -164,7 +165,7 @@ def run_with_server(command: list[str], home: Path, port: int) -> int:
     127.0.0.1:`port`) started for it; its exit code. InputUnavailableError when `port` is taken."""
     if PREFECT_API_URL.value():
         return subprocess.call(command)
-    if not _port_free(port):
+    if not port_free(port):
         raise InputUnavailableError(f"port {port} of 127.0.0.1 is in use (a Prefect server already running?); "
                                     f"set PREFECT_API_URL=http://127.0.0.1:{port}/api to use it, or choose another "
                                     "port with PREFECT_PORT")
