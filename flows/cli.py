@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from prefect.settings import PREFECT_API_URL
 
 from tasks.errors import InputUnavailableError, debugging, report
+from tasks.infra import workers
 from tasks.infra.prefect_server import prefect_api
 from tasks.infra.servers import check_servers, masked
 from tasks.studies import load_params
@@ -69,6 +70,7 @@ def main(flow_fn: Callable[..., object], studies: list[str], argv: list[str] | N
     def run() -> None:
         kwargs = {"study": args.study, "params_file": args.params, "overlay": args.overlay}
         load_params(args.params, args.overlay)
+        workers.count()  # AUTOPHAGY_WORKERS, if set, is a number
         check_servers()
         if preflight:
             preflight(**kwargs)

@@ -1,8 +1,9 @@
 """The self-consuming loop as Prefect flows, shared by every study.
 
 `run_study` opens an MLflow parent run, runs `method_loop` (a subflow) for each method and grid
-point (without a heartbeat thread of its own: stopping one waits up to a second, and the study's
-flow run, in the same process, has one), has every seed's values logged to the method's run as
+point, as many side by side as there are worker processes (`tasks.infra.workers`), each without a
+heartbeat thread of its own (stopping one waits up to a second, and the study's flow run, in the same
+process, has one), has every seed's values logged to the method's run as
 `seeds.csv` in the background, then publishes the tidy table, the curves, the DVC summary and the
 figures. `method_loop` runs one task (`tasks.steps.run_generation`) per generation, queues its
 metrics for MLflow (sent in the background) and resumes at the first generation without a record,
@@ -23,7 +24,7 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from tasks import loop, steps
-from tasks.infra import resume, storage, tracking
+from tasks.infra import resume, storage, tracking, workers
 from tasks.infra.device import default_device
 from tasks.infra.lock import experiment_lock
 from tasks.infra.paths import StudyPaths
@@ -101,25 +102,26 @@ def _run_locked(studies: list[Study], params: Params, root: Path, figures: Figur
             **({"dvc_experiment": os.environ["DVC_EXP_NAME"]} if "DVC_EXP_NAME" in os.environ else {})}
     tracker = StudyTracker(experiment, paths.mlflow_dir, {**flatten(params), **runtime}, tags)
     ok = False
+
+    def method_table(study: Study, method: str) -> pd.DataFrame:
+        name = study.point.name
+        folder = paths.method_dir(method) / name if name else paths.method_dir(method)
+        run_id = tracker.start_method(method, study.point, study.labels)
+        try:
+            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                records = method_loop(study, params.loop, params.seed, experiment, method, name, folder, run_id)
+        except BaseException:
+            tracker.finish(run_id, ok=False)
+            raise
+        tracker.finish(run_id)
+        table = pd.concat([tables.tidy_rows(experiment, method, r["generation"], r["metrics"]) for r in records],
+                          ignore_index=True).assign(**study.point.coordinates, **study.labels)
+        tracker.log_seeds(run_id, table)
+        return table
+
     try:
-        frames = []
-        for study in studies:
-            name = study.point.name
-            for method in study.methods or params.methods_of(section):
-                folder = paths.method_dir(method) / name if name else paths.method_dir(method)
-                run_id = tracker.start_method(method, study.point, study.labels)
-                try:
-                    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-                        records = method_loop(study, params.loop, params.seed, experiment, method, name, folder,
-                                              run_id)
-                except BaseException:
-                    tracker.finish(run_id, ok=False)
-                    raise
-                tracker.finish(run_id)
-                frames.append(pd.concat([tables.tidy_rows(experiment, method, r["generation"], r["metrics"])
-                                         for r in records], ignore_index=True).assign(
-                    **study.point.coordinates, **study.labels))
-                tracker.log_seeds(run_id, frames[-1])
+        jobs = [(study, method) for study in studies for method in study.methods or params.methods_of(section)]
+        frames = workers.side_by_side(method_table, jobs, workers.count())
         tidy = pd.concat(frames, ignore_index=True)
         publish(tidy, paths, tracker, lambda curve_table: figures(studies, params, tidy, curve_table, paths),
                 studies[0].point.keys)

@@ -1,10 +1,11 @@
 """One generation of the loop as one Prefect task: fit -> evaluate -> sample -> build D_(g+1) -> save.
 
-Each step is a pure function of `tasks.loop`, `tasks.infra` or the study; the task chains them,
-so the Prefect UI shows one task run per method and generation (named "<method> gen <g>") at the
-cost of one. Tests can call `run_generation.fn(...)`. Randomness is keyed by (seed, purpose,
-method, generation) and never by call order, which makes a resumed run identical to an
-uninterrupted one. Results are not cached by Prefect: resuming is done from the stored generations.
+Each step is a pure function of `tasks.loop`, `tasks.infra` or the study; the task chains them, so the
+Prefect UI shows one task run per method and generation (named "<method> gen <g>") at the cost of one.
+The task computes (`compute_generation`) where `tasks.infra.workers.compute` sends it, a worker process
+when the study runs its method loops side by side, and stores here. Tests can call `run_generation.fn(...)`.
+Randomness is keyed by (seed, purpose, method, generation) and never by call order, which makes a resumed
+run identical to an uninterrupted one. Results are not cached by Prefect: resuming is done from the stored generations.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import loop
 from tasks.curation import curate
-from tasks.infra import storage
+from tasks.infra import storage, workers
 from tasks.loop import Dataset, Study
 from tasks.params import LoopParams
 
@@ -36,29 +37,49 @@ class Generation:
     next_md5: str | None
 
 
-@task(name="generation", task_run_name="{method} gen {generation}", cache_policy=NO_CACHE, retries=1)
-def run_generation(study: Study, settings: LoopParams, seed: int, method: str, generation: int, data: Dataset,
-                   md5: str, real0: Dataset, folder: Path, metadata: dict[str, str]) -> Generation:
-    """Fit model g to D_g (stored in `folder` with md5 `md5`), evaluate it, store D_(g+1) built from its samples
-    (but after the last generation), then the record that marks generation g complete."""
+@dataclass(frozen=True)
+class Computed:
+    """What generation g computes: its metrics per seed, the curves of its fit, and D_(g+1) (None after the last)."""
+
+    metrics: dict[str, np.ndarray]
+    curves: dict[str, list[float]]
+    next_data: Dataset | None
+
+
+def compute_generation(study: Study, settings: LoopParams, seed: int, method: str, generation: int, data: Dataset,
+                       real0: Dataset) -> Computed:
+    """Fit model g to D_g, evaluate it and, but after the last generation, build D_(g+1) from its samples: a pure
+    function of its arguments, run where `tasks.infra.workers.compute` sends it."""
     g = generation
     train = loop.training_data(settings.mode, data, study.n_samples, loop.generator(seed, "subsample", method, g))
     model = study.fit(train, method, loop.generator(seed, "fit", method, g))
     metrics = {name: values.double().numpy() for name, values in study.evaluate(model, train).items()}
-    next_data = next_md5 = None
+    next_data = None
     if g + 1 < study.generations:
         _, n_synth = loop.split_counts(settings.mode, study.n_samples, settings.real_fraction, settings.real_points)
         synthetic, kept = sample_model(study, model, n_synth, settings, method, seed, g + 1)
         metrics |= kept
         next_data = build_dataset(study, settings, data, real0, synthetic, method, seed, g + 1)
-        next_md5 = save_dataset(storage.dataset_path(folder, g + 1), next_data, {**metadata, "parent_md5": md5},
-                                method, g + 1)
+    return Computed(metrics, study.training_curves(model), next_data)
+
+
+@task(name="generation", task_run_name="{method} gen {generation}", cache_policy=NO_CACHE, retries=1)
+def run_generation(study: Study, settings: LoopParams, seed: int, method: str, generation: int, data: Dataset,
+                   md5: str, real0: Dataset, folder: Path, metadata: dict[str, str]) -> Generation:
+    """Compute generation g from D_g (stored in `folder` with md5 `md5`), store D_(g+1) (but after the last
+    generation), then the record that marks generation g complete."""
+    g = generation
+    done = workers.compute(compute_generation, study, settings, seed, method, g, data, real0)
+    next_md5 = None
+    if done.next_data is not None:
+        next_md5 = save_dataset(storage.dataset_path(folder, g + 1), done.next_data,
+                                {**metadata, "parent_md5": md5}, method, g + 1)
     record = {"experiment": metadata["experiment"], "fingerprint": metadata["fingerprint"], "dataset_md5": md5,
-              "metrics": metrics}
-    lists = {name: np.asarray(values).tolist() for name, values in metrics.items()}
+              "metrics": done.metrics}
+    lists = {name: np.asarray(values).tolist() for name, values in done.metrics.items()}
     storage.write_record(storage.record_path(folder, g), {**record, "metrics": lists, "method": method,
                                                           "generation": g})
-    return Generation(record, study.training_curves(model), next_data, next_md5)
+    return Generation(record, done.curves, done.next_data, next_md5)
 
 
 def sample_model(study: Study, model: Any, n: int, settings: LoopParams, method: str, seed: int,

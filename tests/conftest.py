@@ -42,6 +42,9 @@ for variable in ("PREFECT_API_URL", "PREFECT_PROFILE", "MLFLOW_TRACKING_URI"):
     os.environ.pop(variable, None)
 os.environ.update({"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1",
                    "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"})
+# Studies compute in their own process (one worker), as monkeypatched code does; starting worker processes costs
+# seconds per study. tests/test_workers.py runs method loops side by side in worker processes.
+os.environ["AUTOPHAGY_WORKERS"] = "1"
 
 
 def _local(host) -> bool:

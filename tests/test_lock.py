@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +63,12 @@ def test_the_lock_is_exclusive_and_released_on_error(tmp_path):
         assert json.loads(path.read_text())["pid"] == os.getpid()
 
 
+def _stopped(pid: int) -> bool:
+    """Every thread of process `pid` is stopped (SIGSTOP takes effect asynchronously, thread by thread)."""
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return all((t / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T" for t in tasks)
+
+
 def _files(root) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
@@ -86,6 +93,8 @@ def test_a_second_process_during_a_run_is_refused_in_one_line_and_the_data_stay_
             assert first.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.02)
         first.send_signal(signal.SIGSTOP)
+        while not _stopped(first.pid):
+            time.sleep(0.01)
         tables = tmp_path / "metrics/gaussian"
         assert first.poll() is None and not tables.exists(), "the first run ended before the second started"
         before = _files(tmp_path)

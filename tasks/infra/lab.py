@@ -49,9 +49,10 @@ ROOT = Path(__file__).resolve().parents[2]
 DATABASES = ("prefect", "mlflow")
 START_SECONDS = 180.0  # for a service to answer, on a loaded machine (migrations of a new database included)
 STOP_SECONDS = 10.0  # between the stop signal and SIGKILL
-# A sweep's worker processes compute with one thread each: torch's default of one per core, in every worker at
-# once, oversubscribes the cores and its threads wait for each other.
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# A sweep's worker processes compute with one thread each, each point's method loops one after the other: torch's
+# default of one thread per core, or a study's own worker processes (tasks/infra/workers.py), in every sweep worker
+# at once, would oversubscribe the cores.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "AUTOPHAGY_WORKERS": "1"}
 
 
 def default_pool() -> str:

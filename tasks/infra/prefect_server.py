@@ -64,7 +64,8 @@ def free_port() -> int:
 
 def _start(port: int, stderr: IO[bytes], home: Path | None = None) -> subprocess.Popen:
     """Prefect's temporary-server command (`SubprocessASGIServer._run_uvicorn_command`) on `port`; with `home`, a
-    lasting server instead: its database in `home`, its UI and background services on."""
+    lasting server instead: its database in `home`, its UI and background services on. In a session of its own:
+    a Ctrl-C in the terminal reaches its clients, which report it to the server before it is stopped."""
     command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
                "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "error", "--lifespan", "on"]
@@ -72,7 +73,7 @@ def _start(port: int, stderr: IO[bytes], home: Path | None = None) -> subprocess
             {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"})
     env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True), **kind}
     return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                            preexec_fn=die_with(os.getpid()))
+                            start_new_session=True, preexec_fn=die_with(os.getpid()))
 
 
 def _cause(stderr: IO[bytes]) -> str:
@@ -162,7 +163,8 @@ def port_free(port: int) -> bool:
 
 def run_with_server(command: list[str], home: Path, port: int) -> int:
     """Run `command` against PREFECT_API_URL when set, else against the project's server (state in `home`, UI on
-    127.0.0.1:`port`) started for it; its exit code. InputUnavailableError when `port` is taken."""
+    127.0.0.1:`port`) started for it and stopped once the command has ended (a Ctrl-C is the command's to handle);
+    its exit code. InputUnavailableError when `port` is taken."""
     if PREFECT_API_URL.value():
         return subprocess.call(command)
     if not port_free(port):
@@ -172,7 +174,12 @@ def run_with_server(command: list[str], home: Path, port: int) -> int:
     home.mkdir(parents=True, exist_ok=True)
     with temporary_server(port, home) as url:
         print(f"Prefect UI: http://127.0.0.1:{port} (state in {home}/: this run and earlier ones)", flush=True)
-        return subprocess.call(command, env={**os.environ, PREFECT_API_URL.name: url})
+        with subprocess.Popen(command, env={**os.environ, PREFECT_API_URL.name: url}) as child:
+            previous = signal.signal(signal.SIGINT, lambda *_: None)  # a Ctrl-C is the command's to handle
+            try:
+                return child.wait()
+            finally:
+                signal.signal(signal.SIGINT, previous)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,16 +17,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import models
-from tasks import loop
+from tasks import loop, steps
 from tasks.errors import CorruptDataError
-from tasks.infra import storage
+from tasks.infra import storage, workers
 from tasks.loop import Study
 
 
 def fingerprint(study: Study, loop_settings: dict, seed: int, method: str) -> str:
     """Hash of everything a stored generation depends on: the study's config, the loop settings,
-    the seed, the method and the source code of the loop, the study, the models and the storage format."""
-    sources = [inspect.getsource(module) for module in (loop, sys.modules[type(study).__module__], storage)]
+    the seed, the method and the source code of the loop, the generation's steps and where they compute
+    (one torch thread: `tasks.infra.workers`), the study, the models and the storage format."""
+    modules = (loop, steps, workers, sys.modules[type(study).__module__], storage)
+    sources = [inspect.getsource(module) for module in modules]
     sources += [path.read_text() for path in sorted(Path(models.__file__).parent.glob("*.py"))]
     payload = json.dumps({
         "study": study.config, "loop": loop_settings, "seed": seed, "method": method,

@@ -202,6 +202,7 @@ class StudyTracker:
                      "host": socket.gethostname(), "pid": str(os.getpid())}
         self.methods: dict[str, tuple[str, dict[str, str]]] = {}  # method run id -> (name, tags)
         self.writer = Writer(self.client)
+        self.lock = threading.Lock()  # method loops running side by side start and finish their runs
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=self.store.artifacts)
@@ -231,12 +232,13 @@ class StudyTracker:
         name = " ".join([method, *(f"{k}={v}" for k, v in point.coordinates.items())])
         columns = {k: str(v) for k, v in {**point.coordinates, **labels}.items()}
         tags = {**self.tags, **columns, "method": method, "point": point.name}
-        run_id = self._run(name, {**tags, "level": "method"}, self.parent_id)
-        self.client.log_batch(run_id, params=self.params)
-        if not self.methods:
-            self._describe()
-        self.methods[run_id] = (name, tags)
-        _WRITERS[run_id] = self.writer
+        with self.lock:
+            run_id = self._run(name, {**tags, "level": "method"}, self.parent_id)
+            self.client.log_batch(run_id, params=self.params)
+            if not self.methods:
+                self._describe()
+            self.methods[run_id] = (name, tags)
+            _WRITERS[run_id] = self.writer
         return run_id
 
     def _describe(self) -> None:
@@ -273,7 +275,8 @@ class StudyTracker:
             raise errors[0]
 
     def finish(self, run_id: str, ok: bool = True) -> None:
-        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+        with self.lock:
+            self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
 
 
 def log_generation(run_id: str, generation: int, metrics: dict[str, float], dataset: Path, md5: str,

@@ -14,7 +14,6 @@ reweighted training of H draws the shares of the sequences with and without a ra
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -37,18 +36,6 @@ from tasks.studies.language.params import LanguageParams
 
 EVAL_SEED = 0  # the same held-out sequences and sampling noise for every method and generation
 PROBE_FACTORS = (0.5, 1.0, 2.0)
-
-
-@contextmanager
-def one_thread():
-    """torch's intra-op threads set to 1 meanwhile: the tensors of the small preset are too small to gain from
-    more, and with other jobs on the cores, threads waiting for each other made a fit 25 times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -82,14 +69,12 @@ class LanguageStudy(StudyBase, Responsive):
     def draw_real(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return self.corpus.draw(self.seeds * n, generator).view(self.seeds, n, -1)
 
-    @one_thread()
     def fit(self, data: Dataset, method: str, generator: torch.Generator) -> Fitted:
         """The transformer's own cross-entropy for mle; hypernetworks with lambda = 0 (hyper_mle) or lam (ple)."""
         groups = torch.isin(data.values, self.rare).any(-1).long() if method in HYPERNETWORK_METHODS else None
         return fit_method(method, data.values, self.make_target, self.params.hyper, self.params.ple, generator,
                           self.device, groups=groups)
 
-    @one_thread()
     def sample(self, model: Fitted, n: int, sampling_bias: float, generator: torch.Generator) -> torch.Tensor:
         """Token ids (S, n, L) drawn at temperature sampling_bias."""
         target = self.make_target().to(self.device)
@@ -113,7 +98,6 @@ class LanguageStudy(StudyBase, Responsive):
         samples = self.sample(model, self.params.eval_sequences, 1.0, probe_generator(self.experiment, "statistic"))
         return {"tail_mass": metrics.tail_mass(self.model_unigram(model, samples), self.rare)}
 
-    @one_thread()
     def evaluate(self, model: Fitted, data: Dataset) -> dict[str, torch.Tensor]:
         target = self.make_target().to(self.device)
         ppl, ppl_se = metrics.perplexity(metrics.token_log_probs(target, model.estimate, self.heldout))

@@ -1,0 +1,114 @@
+"""Where the loop computes: worker processes, so that a study's method loops run side by side on the cores.
+
+`side_by_side` runs a study's jobs (one per method and grid point) in as many threads as there are
+workers; each thread keeps its Prefect subflow and MLflow bookkeeping here and sends the computation
+of every generation (`compute`) to a pool of that many worker processes (loky). With one worker,
+jobs run one after the other and compute in this process.
+
+Every computation runs with one torch intra-op thread, here or in a worker, so its numbers do not
+depend on the number of workers (its randomness is keyed by seed, purpose, method and generation, and
+one thread adds in one order). The tensors of the CPU presets are small: a gmm ple fit took 9.3 s with
+one thread and 10.1 s with two, and two processes of one thread each took 8.4 s and 9.0 s side by side
+on 2 cores. AUTOPHAGY_WORKERS sets the number of workers; by default the cores this process may use,
+or 1 on a CUDA device (its kernels are the computation, and they do not share it well).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import torch
+from loky import ProcessPoolExecutor
+
+from tasks.errors import UserError
+from tasks.infra.prefect_server import die_with
+
+ENV = "AUTOPHAGY_WORKERS"
+T = TypeVar("T")
+
+_POOL: contextvars.ContextVar[ProcessPoolExecutor | None] = contextvars.ContextVar("workers", default=None)
+_threads_lock = threading.Lock()
+_inside = 0  # computations under `one_thread` in this process
+_saved_threads = 1
+
+
+def count() -> int:
+    """The number of worker processes: AUTOPHAGY_WORKERS, else the cores this process may use (1 with CUDA)."""
+    value = os.environ.get(ENV, "").strip()
+    if not value:
+        return 1 if torch.cuda.is_available() else len(os.sched_getaffinity(0))
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"{ENV}={value!r} is not a number of worker processes: set it to a whole number >= 1 "
+                        "(1 computes in the study's own process), or unset it to use every core")
+    return int(value)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch's intra-op threads set to 1 while any computation of this process is inside (restored after the
+    last one): threads waiting for each other on small tensors made a fit 25 times slower on busy cores."""
+    global _inside, _saved_threads
+    with _threads_lock:
+        if _inside == 0:
+            _saved_threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _inside += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _inside -= 1
+            if _inside == 0:
+                torch.set_num_threads(_saved_threads)
+
+
+def compute(fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) with one torch thread: in a worker process of the current `side_by_side`, else here."""
+    pool = _POOL.get()
+    if pool is None:
+        with one_thread():
+            return fn(*args)
+    return pool.submit(fn, *args).result()
+
+
+def _start_worker(study_process: int) -> None:
+    """A worker computes with one torch thread, leaves Ctrl-C to the study's process, which stops it, and is
+    killed with that process."""
+    die_with(study_process)()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+def side_by_side(job: Callable[..., T], jobs: list[tuple], workers: int) -> list[T]:
+    """job(*args) for every args of `jobs`, results in that order: `workers` at a time, each in a thread with a
+    copy of this context (its Prefect flow run) whose `compute` calls go to `workers` worker processes. The
+    first failure, or Ctrl-C, kills the workers, cancels the jobs not started and is raised once the threads
+    have ended."""
+    workers = min(workers, len(jobs))
+    if workers <= 1:
+        return [job(*args) for args in jobs]
+    pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(os.getpid(),))
+    threads = ThreadPoolExecutor(workers, thread_name_prefix="method-loop")
+    token = _POOL.set(pool)
+    try:
+        futures = [threads.submit(contextvars.copy_context().run, job, *args) for args in jobs]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f.exception() for f in futures if f in done and f.exception() is not None), None)
+        if failed is not None:
+            raise failed
+        return [f.result() for f in futures]
+    except BaseException:
+        threads.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=False, kill_workers=True)
+        raise
+    finally:  # the workers first: one dies with the thread that started it (`die_with`)
+        _POOL.reset(token)
+        pool.shutdown(wait=True)
+        threads.shutdown(wait=True)
