@@ -128,6 +128,21 @@ def write_params(folder: Path, **sections) -> Path:
     return path
 
 
+def method_loop_runs(parent) -> dict[str, list[tuple[str, str]]]:
+    """What the Prefect API shows under the study's flow run `parent`: {subflow run name: sorted (task run name, state)}."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter, \
+        TaskRunFilterFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        loops = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])), sort=FlowRunSort.ID_DESC, limit=50)
+        return {loop.name: sorted((task.name, task.state_type.value) for task in client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[loop.id])),
+            sort=TaskRunSort.ID_DESC, limit=100)) for loop in loops}
+
+
 def subprocess_env(prefect_api: str | None = None) -> dict[str, str]:
     """The environment of a child process: this interpreter first on PATH, the session's Prefect server."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

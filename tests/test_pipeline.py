@@ -20,7 +20,7 @@ from flows.cli import main
 from flows.study import study_flow
 from tasks.infra import storage
 
-from conftest import run, subprocess_env, write_params
+from conftest import method_loop_runs, run, subprocess_env, write_params
 
 SMALL = dict(gaussian={"n_samples": 8, "generations": 4, "seeds": 5})
 
@@ -187,25 +187,11 @@ def test_changed_params_start_over(tmp_path, prefect_api):
 def test_the_prefect_api_shows_one_task_run_per_method_and_generation(tmp_path, prefect_api):
     """What the Prefect UI shows of a study: the study's flow run, a subflow run per method and, under each, one
     completed task run per generation named "<method> gen <g>"."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter, \
-        TaskRunFilterFlowRunId
-    from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
-
     state = study_flow(study="gaussian", params_file=str(write_params(tmp_path, **SMALL)), root=str(tmp_path),
                        return_state=True)
     parent = state.state_details.flow_run_id
-
-    def read() -> dict[str, list[tuple[str, str]]]:
-        with get_client(sync_client=True) as client:
-            loops = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])), sort=FlowRunSort.ID_DESC, limit=10)
-            return {loop.name: sorted((task.name, task.state_type.value) for task in client.read_task_runs(
-                task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[loop.id])),
-                sort=TaskRunSort.ID_DESC, limit=100)) for loop in loops}
-
     expected = {f"gaussian: {method} ": [(f"{method} gen {g}", "COMPLETED") for g in range(4)] for method in ("mle", "ple")}
     deadline = time.monotonic() + 30  # task runs reach the server as events, recorded a moment later
-    while (shown := read()) != expected and time.monotonic() < deadline:
+    while (shown := method_loop_runs(parent)) != expected and time.monotonic() < deadline:
         time.sleep(0.5)
     assert shown == expected

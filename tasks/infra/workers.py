@@ -2,8 +2,9 @@
 
 `side_by_side` runs a study's jobs (one per method and grid point) in as many threads as there are
 workers; each thread keeps its Prefect subflow and MLflow bookkeeping here and sends the computation
-of every generation (`compute`) to a pool of that many worker processes (loky). With one worker,
-jobs run one after the other and compute in this process.
+of every generation (`compute`) to a pool of that many worker processes (loky, `shared`). With one
+worker, jobs run one after the other and compute in this process. A sweep whose points run in
+threads shares one pool among them the same way.
 
 Every computation runs with one torch intra-op thread, here or in a worker, so its numbers do not
 depend on the number of workers (its randomness is keyed by seed, purpose, method and generation, and
@@ -86,29 +87,46 @@ def _start_worker(study_process: int) -> None:
     torch.set_num_threads(1)
 
 
+@contextmanager
+def shared(workers: int) -> Iterator[None]:
+    """`compute` calls made in this block, or in threads given a copy of its context, go to `workers` worker
+    processes, started here (a worker dies with the thread that started it: `die_with`). None with one worker,
+    and none inside another such block, whose workers they share. An exception, or Ctrl-C, kills them."""
+    if workers <= 1 or _POOL.get() is not None:
+        yield
+        return
+    pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(os.getpid(),))
+    token, failed = _POOL.set(pool), True
+    try:
+        pool.submit(int).result()  # every worker starts now, from this thread
+        yield
+        failed = False
+    finally:
+        _POOL.reset(token)
+        pool.shutdown(wait=True, kill_workers=failed)
+
+
 def side_by_side(job: Callable[..., T], jobs: list[tuple], workers: int) -> list[T]:
     """job(*args) for every args of `jobs`, results in that order: `workers` at a time, each in a thread with a
-    copy of this context (its Prefect flow run) whose `compute` calls go to `workers` worker processes. The
-    first failure, or Ctrl-C, kills the workers, cancels the jobs not started and is raised once the threads
-    have ended."""
+    copy of this context (its Prefect flow run) whose `compute` calls go to the workers of `shared(workers)`; one
+    after the other, in this thread, with one worker or inside a `shared` block (a sweep's points run side by
+    side). The first failure, or Ctrl-C, kills the workers, cancels the jobs not started and is raised once the
+    threads have ended."""
     workers = min(workers, len(jobs))
-    if workers <= 1:
+    if workers <= 1 or _POOL.get() is not None:
         return [job(*args) for args in jobs]
-    pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(os.getpid(),))
     threads = ThreadPoolExecutor(workers, thread_name_prefix="method-loop")
-    token = _POOL.set(pool)
     try:
-        futures = [threads.submit(contextvars.copy_context().run, job, *args) for args in jobs]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = next((f.exception() for f in futures if f in done and f.exception() is not None), None)
-        if failed is not None:
-            raise failed
-        return [f.result() for f in futures]
-    except BaseException:
-        threads.shutdown(wait=False, cancel_futures=True)
-        pool.shutdown(wait=False, kill_workers=True)
-        raise
-    finally:  # the workers first: one dies with the thread that started it (`die_with`)
-        _POOL.reset(token)
-        pool.shutdown(wait=True)
+        with shared(workers):
+            try:
+                futures = [threads.submit(contextvars.copy_context().run, job, *args) for args in jobs]
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                failed = next((f.exception() for f in futures if f in done and f.exception() is not None), None)
+                if failed is not None:
+                    raise failed
+                return [f.result() for f in futures]
+            except BaseException:
+                threads.shutdown(wait=False, cancel_futures=True)
+                raise
+    finally:
         threads.shutdown(wait=True)
