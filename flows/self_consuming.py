@@ -30,6 +30,7 @@ from tasks.infra.lock import experiment_lock
 from tasks.infra.paths import StudyPaths
 from tasks.infra.tracking import StudyTracker
 from tasks.loop import Study
+from tasks.methods import HYPERNETWORK_METHODS
 from tasks.outputs import tables
 from tasks.params import LoopParams, flatten
 from tasks.studies import Params
@@ -121,7 +122,10 @@ def _run_locked(studies: list[Study], params: Params, root: Path, figures: Figur
 
     try:
         jobs = [(study, method) for study in studies for method in study.methods or params.methods_of(section)]
-        frames = workers.side_by_side(method_table, jobs, workers.count())
+        # the hypernetwork methods' loops take longest: started first, they leave the short ones to fill the end
+        order = sorted(range(len(jobs)), key=lambda i: jobs[i][1] not in HYPERNETWORK_METHODS)
+        done = workers.side_by_side(method_table, [jobs[i] for i in order], workers.count())
+        frames = [done[order.index(i)] for i in range(len(jobs))]
         tidy = pd.concat(frames, ignore_index=True)
         publish(tidy, paths, tracker, lambda curve_table: figures(studies, params, tidy, curve_table, paths),
                 studies[0].point.keys)

@@ -3,7 +3,10 @@ one server, gone when the run ends or is killed, and one line when it does not c
 
 from __future__ import annotations
 
+import ast
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -132,7 +135,7 @@ import os, sys
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.sorting import FlowRunSort
 with get_client(sync_client=True) as client:
-    print(sorted(run.name for run in client.read_flow_runs(sort=FlowRunSort.ID_DESC, limit=10)))
+    print(sorted((run.name, run.state_type.value) for run in client.read_flow_runs(sort=FlowRunSort.ID_DESC, limit=10)))
 sys.exit(3)
 """
 
@@ -148,7 +151,31 @@ def test_make_run_s_server_keeps_every_run_and_passes_the_exit_code_on(tmp_path)
     assert study.stdout.startswith(f"Prefect UI: http://127.0.0.1:{port} (state in {home}/")
     later = _with_project_server(tmp_path, home, port, sys.executable, "-c", READ_FLOW_RUNS)
     assert later.returncode == 3, later.stderr[-3000:]
-    assert later.stdout.splitlines()[-1] == str(sorted(["gaussian", "gaussian: mle ", "gaussian: ple "]))
+    assert later.stdout.splitlines()[-1] == str(sorted((name, "COMPLETED") for name in ("gaussian", "gaussian: mle ",
+                                                                                          "gaussian: ple ")))
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_make_run_is_reported_to_its_server_before_it_stops(tmp_path):
+    """Ctrl-C in the terminal of `make run` (SIGINT to its process group): the study ends with one line and exit
+    code 130 after telling the project's server, which stops only then; a later server shows the run CRASHED."""
+    write_params(tmp_path, gaussian={"n_samples": 8, "generations": 200, "seeds": 2})
+    home, port = tmp_path / ".prefect", free_port()
+    env = {k: v for k, v in _env().items() if k != PREFECT_API_URL.name}
+    run = subprocess.Popen([sys.executable, "-m", "tasks.infra.prefect_server", "--home", str(home), "--port", str(port),
+                            "--", sys.executable, "-m", "flows.study", "gaussian", "params.yaml"], cwd=tmp_path, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "data/generations/gaussian/mle/gen_002.json").exists():
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[1][-3000:]
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr[-3000:]
+    assert [line for line in stderr.splitlines() if line.startswith("error:")] == [
+        "error: interrupted; rerun the same command to resume at the first unfinished generation"]
+    later = _with_project_server(tmp_path, home, port, sys.executable, "-c", READ_FLOW_RUNS)
+    assert ("gaussian", "CRASHED") in ast.literal_eval(later.stdout.splitlines()[-1]), later.stdout[-3000:]
 
 
 def test_make_run_s_server_on_a_port_in_use_is_one_line(tmp_path):

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import cached_property
 from pathlib import Path
 
 import psutil
@@ -45,10 +46,32 @@ def test_two_workers_compute_at_once_in_their_own_processes_with_one_thread(tmp_
 
 def test_one_worker_computes_here_with_one_thread_then_restores_the_threads():
     before = torch.get_num_threads()
-    results = workers.side_by_side(lambda k: workers.compute(lambda: (os.getpid(), torch.get_num_threads())),
+    results = workers.side_by_side(lambda k: workers.compute(lambda _: (os.getpid(), torch.get_num_threads()), k),
                                    [(0,), (1,)], 1)
     assert results == [(os.getpid(), 1)] * 2
     assert torch.get_num_threads() == before
+
+
+class Cached:
+    """A study's stand-in: a cached property that counts how often this process computed it."""
+
+    computed = 0
+
+    @cached_property
+    def reference(self) -> int:
+        Cached.computed += 1
+        return Cached.computed
+
+
+def _reference(study: Cached) -> tuple[int, int]:
+    return os.getpid(), study.reference
+
+
+def test_a_worker_computes_what_a_study_caches_once():
+    with workers.shared(2):
+        results = [workers.compute(_reference, Cached()) for _ in range(6)]
+    assert {pid for pid, _ in results} != {os.getpid()}
+    assert [value for _, value in results] == [1] * 6  # each worker's first copy, kept: computed once per worker
 
 
 def _loky_children() -> list[psutil.Process]:
@@ -103,11 +126,11 @@ def test_two_workers_give_the_numbers_and_prefect_runs_of_one(tmp_path, prefect_
     assert shown == expected
 
 
-def _start_study(folder: Path) -> tuple[subprocess.Popen, list[psutil.Process]]:
-    """`python -m flows.study gmm` with 2 workers and its own temporary Prefect server, in a process group of its
-    own as in a terminal, once it computes; with its child processes (server, workers)."""
+def _start_study(folder: Path, prefect_api: str | None = None) -> tuple[subprocess.Popen, list[psutil.Process]]:
+    """`python -m flows.study gmm` with 2 workers, against `prefect_api` or else its own temporary Prefect server,
+    in a process group of its own as in a terminal, once it computes; with its child processes (workers, server)."""
     write_params(folder, gmm={**GMM["gmm"], "generations": 30})
-    env = {**subprocess_env(), "PYTHONPATH": str(ROOT), "AUTOPHAGY_WORKERS": "2"}
+    env = {**subprocess_env(prefect_api), "PYTHONPATH": str(ROOT), "AUTOPHAGY_WORKERS": "2"}
     study = subprocess.Popen([sys.executable, "-m", "flows.study", "gmm", "params.yaml"], cwd=folder, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 300
@@ -115,7 +138,8 @@ def _start_study(folder: Path) -> tuple[subprocess.Popen, list[psutil.Process]]:
         assert study.poll() is None and time.monotonic() < deadline, study.communicate()[1][-3000:]
         time.sleep(0.05)
     children = psutil.Process(study.pid).children(recursive=True)
-    assert sum("popen_loky" in " ".join(p.cmdline()) for p in children) == 2 and any("uvicorn" in p.cmdline() for p in children)
+    assert sum("popen_loky" in " ".join(p.cmdline()) for p in children) == 2
+    assert any("uvicorn" in p.cmdline() for p in children) == (prefect_api is None)
     return study, children
 
 
@@ -133,8 +157,8 @@ def test_ctrl_c_in_a_terminal_stops_the_study_its_workers_and_its_server_in_one_
 
 
 @pytest.mark.slow
-def test_a_killed_study_takes_its_workers_along(tmp_path):
-    study, children = _start_study(tmp_path)
+def test_a_killed_study_takes_its_workers_along(tmp_path, prefect_api):
+    study, children = _start_study(tmp_path, prefect_api)
     study.kill()
     study.wait()
     _, alive = psutil.wait_procs(children, timeout=30)

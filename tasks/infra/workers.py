@@ -17,7 +17,9 @@ or 1 on a CUDA device (its kernels are the computation, and they do not share it
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import os
+import pickle
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -34,6 +36,7 @@ from tasks.infra.prefect_server import die_with
 ENV = "AUTOPHAGY_WORKERS"
 T = TypeVar("T")
 
+_KEPT: dict[str, Any] = {}  # in a worker: the studies it was sent, by the sha256 of their pickle
 _POOL: contextvars.ContextVar[ProcessPoolExecutor | None] = contextvars.ContextVar("workers", default=None)
 _threads_lock = threading.Lock()
 _inside = 0  # computations under `one_thread` in this process
@@ -70,13 +73,22 @@ def one_thread() -> Iterator[None]:
                 torch.set_num_threads(_saved_threads)
 
 
-def compute(fn: Callable[..., T], *args: Any) -> T:
-    """fn(*args) with one torch thread: in a worker process of the current `side_by_side`, else here."""
+def compute(fn: Callable[..., T], study: Any, *args: Any) -> T:
+    """fn(study, *args) with one torch thread: in a worker process of the current `shared` block, else here. A worker
+    keeps the first copy it gets of each study (by the hash of its pickle), so what the study caches (its cached
+    properties: the reference features, the probes' MLE fits) is computed once per worker, not every generation."""
     pool = _POOL.get()
     if pool is None:
         with one_thread():
-            return fn(*args)
-    return pool.submit(fn, *args).result()
+            return fn(study, *args)
+    data = pickle.dumps(study)
+    return pool.submit(_with_kept, hashlib.sha256(data).hexdigest(), data, fn, *args).result()
+
+
+def _with_kept(key: str, data: bytes, fn: Callable[..., T], *args: Any) -> T:
+    if key not in _KEPT:
+        _KEPT[key] = pickle.loads(data)
+    return fn(_KEPT[key], *args)
 
 
 def _start_worker(study_process: int) -> None:
