@@ -350,7 +350,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_nothing_half_written(study_
     """A 200 kB file system under data/generations: generations 0 and 1 fit (~70 kB per dataset), the next write
     fails; what is on disk is whole (no temporary file, every record beside its dataset)."""
     folder, env = study_folder
-    write_params(folder, gaussian={"n_samples": 4000, "generations": 6, "seeds": 2}, methods=["mle"])
+    write_params(folder, gaussian={"n_samples": 4000, "generations": 6, "seeds": 2, "methods": ["mle"]})
     (folder / "data/generations").mkdir(parents=True)
     full = ("mount -t tmpfs -o size=200k tmpfs data/generations && \"$0\" \"$@\"; code=$?; "
             "find data/generations -type f | sort; exit $code")
