@@ -7,9 +7,10 @@
 
 Every point runs the study flow with its own root (`sweeps/<name>/<point>/`), so it resumes like
 the study does. Points on threads send their computations to one pool of as many worker processes
-(`tasks.infra.workers.shared`), each point's method loops one after the other. All points log into one MLflow store (`MLFLOW_TRACKING_URI`, else the sweep
-root's `.mlflow/`): one sweep run in the study's experiment, each point's runs nested under it
-and tagged `sweep`, `sweep_point` and `sweep_<axis>` per coordinate.
+(`tasks.infra.workers.shared`), each point's method loops one after the other. All points log into
+one MLflow store (`MLFLOW_TRACKING_URI`, else the sweep root's `.mlflow/`): one sweep run in the
+study's experiment, each point's runs nested under it and tagged `sweep`, `sweep_point` and
+`sweep_<axis>` per coordinate.
 
 Dask workers report their task and flow runs to the Prefect API of the process that started the
 sweep: `PREFECT_API_URL`, or one temporary server (local cluster only; an existing cluster on
@@ -49,7 +50,7 @@ from flows.study import study_flow
 from tasks.errors import ParamsError, report
 from tasks.infra.lab import ONE_THREAD, check_pool, default_pool, from_repository
 from tasks.infra.prefect_server import prefect_api
-from tasks.infra import workers
+from tasks.infra.workers import shared
 from tasks.infra.servers import check_servers
 from tasks.infra.sweep import Point, load_sweep, write_point_params
 from tasks.infra.tracking import StudyTracker, SweepPoint, sweep_point
@@ -156,7 +157,7 @@ def sweep_flow(sweep_file: str = "sweeps/gaussian_bias.yaml", root: str = ".", r
             deployment = point_deployment(pool) if runner == "pool" else None
             in_flight = len(sweep.points) if deployment else workers  # the pool's workers set the pace
             points = run_points.with_options(task_runner=task_runner(runner, in_flight, address))
-            with workers.shared(in_flight if runner == "threads" else 1):  # the threads' computations
+            with shared(in_flight if runner == "threads" else 1):  # the threads' computations
                 slugs = points(sweep.name, sweep.study, sweep.points, sweep.folder(base),
                                SweepPoint(tracker.store, tracker.parent_id), deployment)
         ok = True
