@@ -2,7 +2,7 @@
 
 A 4-point sweep of the gmm study (seed x lam, ple only: hypernetwork fits) at one grid point, run
 - serially (one thread),
-- on 2 threads of this process,
+- on 2 threads of this process, whose computations go to 2 worker processes (tasks/infra/workers.py),
 - on a local Dask cluster of 2 single-threaded worker processes (cluster start included),
 - on the lab's work pool of 2 process workers (each point a flow run in a new process),
 each in a fresh root, every run reporting to one Prefect server and one MLflow server on PostgreSQL
