@@ -7,12 +7,11 @@ What it is for and what it writes: `tasks.studies.images.reference`.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.cli import main
+from flows.cli import exit_process, main
 from tasks.studies import STUDIES, load_params
 from tasks.studies.images import reference
 
@@ -34,4 +33,4 @@ def classifier_flow(study: str = "digits", params_file: str = "params.yaml", roo
 
 
 if __name__ == "__main__":
-    sys.exit(main(classifier_flow, [s.name for s in STUDIES if s.owns_classifier], preflight=check_inputs))
+    exit_process(main(classifier_flow, [s.name for s in STUDIES if s.owns_classifier], preflight=check_inputs))

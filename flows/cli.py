@@ -13,9 +13,12 @@ full disk) during the run also ends with one line and exit code 2, Ctrl-C with o
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
+import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 import httpx
 from mlflow.exceptions import MlflowException
@@ -87,3 +90,10 @@ def main(flow_fn: Callable[..., object], studies: list[str], argv: list[str] | N
 
     quiet_console()
     return report(run)
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the process with `code`, skipping the interpreter's last garbage collections: they would walk every
+    object torch, Prefect and MLflow allocated (about 1 s) while nothing is left to free."""
+    gc.freeze()
+    sys.exit(code)

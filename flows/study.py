@@ -9,13 +9,12 @@ a problem there stops with one line before the flow starts.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pandas as pd
 from prefect import flow
 
-from flows.cli import main
+from flows.cli import exit_process, main
 from flows.self_consuming import run_study
 from tasks.infra.lock import check_unlocked
 from tasks.studies import STUDIES, load_params, spec
@@ -38,4 +37,4 @@ def study_flow(study: str, params_file: str = "params.yaml", root: str = ".", ov
 
 
 if __name__ == "__main__":
-    sys.exit(main(study_flow, [s.name for s in STUDIES], preflight=preflight))
+    exit_process(main(study_flow, [s.name for s in STUDIES], preflight=preflight))
