@@ -5,6 +5,7 @@ behind."""
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import torch
@@ -76,6 +78,36 @@ def test_a_worker_computes_what_a_study_caches_once():
 
 def _loky_children() -> list[psutil.Process]:
     return [p for p in psutil.Process().children(recursive=True) if "popen_loky" in " ".join(p.cmdline())]
+
+
+def test_a_worker_keeps_the_studies_it_was_sent_last(monkeypatch):
+    monkeypatch.setattr(workers, "_KEPT", workers.OrderedDict())
+    monkeypatch.setattr(workers, "_keep", 2)
+    monkeypatch.setattr(Cached, "computed", 0)
+    values = [workers._with_kept(key, pickle.dumps(Cached()), _reference)[1] for key in ["a", "b", "a", "c", "a"]]
+    assert values == [1, 2, 1, 3, 1]  # a is kept throughout
+    assert list(workers._KEPT) == ["c", "a"]  # b, used longest ago, was let go
+
+
+class Large:
+    """A study that caches 320 MB: more than loky lets a worker grow before it replaces the worker as leaking."""
+
+    @cached_property
+    def features(self) -> np.ndarray:
+        return np.ones(40_000_000)
+
+
+def _pid_with_features(study: Large) -> int:
+    return os.getpid() + int(study.features[0]) - 1
+
+
+def test_a_worker_that_keeps_large_studies_is_not_replaced():
+    with workers.shared(2):
+        started = {p.pid for p in _loky_children()}
+        for _ in range(3):
+            time.sleep(1.1)  # loky measures a worker's growth at most once a second
+            assert workers.compute(_pid_with_features, Large()) in started
+        assert {p.pid for p in _loky_children()} == started
 
 
 def _fail(k: int) -> None:

@@ -22,6 +22,7 @@ import os
 import pickle
 import signal
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -36,7 +37,8 @@ from tasks.infra.prefect_server import die_with
 ENV = "AUTOPHAGY_WORKERS"
 T = TypeVar("T")
 
-_KEPT: dict[str, Any] = {}  # in a worker: the studies it was sent, by the sha256 of their pickle
+_KEPT: OrderedDict[str, Any] = OrderedDict()  # in a worker: the studies it was sent last, by the sha256 of their pickle
+_keep = 2  # in a worker: how many it keeps (twice the threads that send it work)
 _POOL: contextvars.ContextVar[ProcessPoolExecutor | None] = contextvars.ContextVar("workers", default=None)
 _threads_lock = threading.Lock()
 _inside = 0  # computations under `one_thread` in this process
@@ -75,8 +77,9 @@ def one_thread() -> Iterator[None]:
 
 def compute(fn: Callable[..., T], study: Any, *args: Any) -> T:
     """fn(study, *args) with one torch thread: in a worker process of the current `shared` block, else here. A worker
-    keeps the first copy it gets of each study (by the hash of its pickle), so what the study caches (its cached
-    properties: the reference features, the probes' MLE fits) is computed once per worker, not every generation."""
+    keeps its copy of the studies it was sent last (by the hash of their pickle; at most one study per thread is
+    running, and it keeps twice as many), so what a study caches (its cached properties: the reference features, the
+    probes' MLE fits) is computed once per worker, not every generation."""
     pool = _POOL.get()
     if pool is None:
         with one_thread():
@@ -88,12 +91,17 @@ def compute(fn: Callable[..., T], study: Any, *args: Any) -> T:
 def _with_kept(key: str, data: bytes, fn: Callable[..., T], *args: Any) -> T:
     if key not in _KEPT:
         _KEPT[key] = pickle.loads(data)
+        while len(_KEPT) > _keep:
+            _KEPT.popitem(last=False)
+    _KEPT.move_to_end(key)
     return fn(_KEPT[key], *args)
 
 
-def _start_worker(study_process: int) -> None:
-    """A worker computes with one torch thread, leaves Ctrl-C to the study's process, which stops it, and is
-    killed with that process."""
+def _start_worker(study_process: int, keep: int) -> None:
+    """A worker computes with one torch thread, keeps `keep` studies, leaves Ctrl-C to the study's process, which
+    stops it, and is killed with that process."""
+    global _keep
+    _keep = keep
     die_with(study_process)()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
@@ -107,7 +115,10 @@ def shared(workers: int) -> Iterator[None]:
     if workers <= 1 or _POOL.get() is not None:
         yield
         return
-    pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(os.getpid(),))
+    # The kept studies are memory a worker means to hold: loky's check for leaks would restart it once it grows by
+    # 300 MB (a fairness study's classifiers), from a thread of its own, which `die_with` ties the new worker to.
+    pool = ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(os.getpid(), 2 * workers),
+                               env={"LOKY_MAX_MEMORY_LEAK_SIZE": str(2**62)})
     token, failed = _POOL.set(pool), True
     try:
         pool.submit(int).result()  # every worker starts now, from this thread
