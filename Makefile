@@ -25,13 +25,19 @@ LIST_STUDIES = studies="$$(python -m tasks.studies list)"
 run: $(VENV)/.installed
 	$(LIST_STUDIES) && python -m tasks.infra.prefect_server --port $(PREFECT_PORT) -- dvc repro $$studies claims
 
+# The suite in TEST_JOBS processes (pytest-xdist), each taking a whole test file at a time, so that a module's
+# fixtures (a lab's servers, a trained digits study) are built once; the files in the order tests/conftest.py
+# gives them (the longest first).
+TEST_JOBS ?= 2
+PYTEST := pytest -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
+
 test: $(VENV)/.installed
-	pytest
+	$(PYTEST)
 
 # The suite without the tests marked slow (flow runs and servers over 20 s each on 2 cores): a quick check
 # while developing; `make test` (and CI) runs everything.
 test-fast: $(VENV)/.installed
-	pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # Mutation testing of the core modules with mutmut ([tool.mutmut] in pyproject.toml: modules, fast tests),
 # from scratch in mutants/ (test edits are not seen by mutmut's cache), then the per-module table; survivors:
