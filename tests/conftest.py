@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -164,6 +165,12 @@ def subprocess_env(prefect_api: str | None = None) -> dict[str, str]:
     if prefect_api:
         env["PREFECT_API_URL"] = prefect_api
     return env
+
+
+def interruptible() -> None:
+    """A `preexec_fn` for a child that a test sends Ctrl-C: SIGINT back to its default action. A test runner started
+    in the background of a script (`make test &`) hands SIGINT down ignored, and Python then keeps ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def figure_pixels(path: Path, inches: tuple[float, float], dpi: int = 110) -> np.ndarray:

@@ -32,7 +32,7 @@ from tasks.errors import DEBUG, CorruptDataError, report
 from tasks.infra import resume, storage
 from tasks.loop import Dataset
 
-from conftest import ROOT, run, subprocess_env, write_params
+from conftest import ROOT, interruptible, run, subprocess_env, write_params
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Integrity of stored generations (tasks.infra.storage, tasks.infra.resume): every record is sealed by the sha256 of
@@ -369,7 +369,7 @@ def test_ctrl_c_stops_with_one_line_and_exit_130(study_folder):
     folder, env = study_folder
     write_params(folder, gaussian={"n_samples": 8, "generations": 200, "seeds": 5})
     process = subprocess.Popen([sys.executable, "-m", "flows.study", "gaussian", "params.yaml"], cwd=folder, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     marker = folder / "data/generations/gaussian/mle/gen_002.json"
     deadline = time.monotonic() + 300
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:

@@ -20,7 +20,7 @@ from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_DATABASE_CONNECTIO
 from tasks.errors import InputUnavailableError
 from tasks.infra.prefect_server import SETTING, prefect_api
 
-from conftest import ROOT, free_port, subprocess_env, write_params
+from conftest import ROOT, free_port, interruptible, subprocess_env, write_params
 
 TINY_FLOW = """
 import json, sys
@@ -164,7 +164,8 @@ def test_ctrl_c_during_make_run_is_reported_to_its_server_before_it_stops(tmp_pa
     env = {k: v for k, v in _env().items() if k != PREFECT_API_URL.name}
     run = subprocess.Popen([sys.executable, "-m", "tasks.infra.prefect_server", "--home", str(home), "--port", str(port),
                             "--", sys.executable, "-m", "flows.study", "gaussian", "params.yaml"], cwd=tmp_path, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           preexec_fn=interruptible)
     deadline, records = time.monotonic() + 300, [tmp_path / f"data/generations/gaussian/{m}/gen_002.json"
                                                  for m in ("mle", "ple")]
     while not any(record.exists() for record in records):  # in the first method loop, whichever runs first

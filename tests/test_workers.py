@@ -22,7 +22,7 @@ from flows.cli import main
 from flows.study import study_flow
 from tasks.infra import workers
 
-from conftest import ROOT, method_loop_runs, subprocess_env, write_params
+from conftest import ROOT, interruptible, method_loop_runs, subprocess_env, write_params
 
 GMM = dict(gmm={"generations": 2, "seeds": 2, "kl_samples": 500, "grid": {"weight": [0.8], "n_samples": [50]},
                 "ple": {"lam": 0.1, "steps": 20, "batch_fraction": 0.25}})
@@ -164,7 +164,8 @@ def _start_study(folder: Path, prefect_api: str | None = None) -> tuple[subproce
     write_params(folder, gmm={**GMM["gmm"], "generations": 30})
     env = {**subprocess_env(prefect_api), "PYTHONPATH": str(ROOT), "AUTOPHAGY_WORKERS": "2"}
     study = subprocess.Popen([sys.executable, "-m", "flows.study", "gmm", "params.yaml"], cwd=folder, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=interruptible)
     deadline = time.monotonic() + 300
     while not list(folder.glob("data/generations/gmm/*/*/gen_001.parquet")):
         assert study.poll() is None and time.monotonic() < deadline, study.communicate()[1][-3000:]
