@@ -40,14 +40,17 @@ from typing import Literal
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.futures import wait
 from prefect.server.api.server import SubprocessASGIServer
-from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, PREFECT_HOME, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, PREFECT_HOME, PREFECT_UI_URL, \
+    temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from flows.cli import quiet_console
 from flows.study import study_flow
-from tasks.errors import ParamsError, report
+from tasks.errors import ParamsError, RemoteRunError, report
 from tasks.infra.lab import ONE_THREAD, check_pool, default_pool, from_repository
 from tasks.infra.prefect_server import prefect_api
 from tasks.infra.workers import shared
@@ -116,9 +119,17 @@ def run_point(study: str, point: Point, folder: Path, tracking: SweepPoint, depl
     run = run_deployment(deployment, flow_run_name=point.grid.name, poll_interval=2, parameters={
         "study": study, "params_file": str(params_file), "root": str(folder), "tracking": asdict(tracking)})
     if not run.state.is_completed():
-        raise RuntimeError(f"point {point.grid.name}: flow run {run.name} of {deployment} ended {run.state.type.value}"
-                           f" ({run.state.message}); its logs are in the Prefect UI")
+        raise failed_point(point, run)
     return point.grid.name
+
+
+def failed_point(point: Point, run: FlowRun) -> RemoteRunError:
+    """One line for a point whose flow run on the pool ended without completing: its state, the first line of the
+    state's message (the error the point raised) and where the run's logs are."""
+    reason = (run.state.message or "no message").strip().splitlines()[0]
+    return RemoteRunError(f"point {point.grid.name}: flow run {run.name} ended {run.state.type.value}: {reason}; its "
+                          f"logs are at {PREFECT_UI_URL.value()}/runs/flow-run/{run.id}; fix that and rerun the sweep "
+                          "to resume")
 
 
 @flow(name="sweep-points", flow_run_name="{name}")
@@ -199,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             sweep_flow(sweep_file=args.sweep_file, root=args.root, runner=args.runner, workers=args.workers,
                        address=args.address, pool=args.pool)
 
+    quiet_console()
     return report(run)
 
 

@@ -37,6 +37,10 @@ class LockedError(UserError):
     """Another run holds the experiment's lock."""
 
 
+class RemoteRunError(UserError):
+    """A flow run on a work pool did not complete; its traceback is in its logs, on the Prefect server."""
+
+
 class ReportError(UserError):
     """An unknown study, or a study without a finished execution with seed values in MLflow."""
 

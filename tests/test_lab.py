@@ -4,6 +4,8 @@ killed lab."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import signal
 import socket
@@ -26,6 +28,7 @@ from tasks.infra.lab import postgres_bindir
 from tasks.infra.prefect_server import port_free
 
 from conftest import ROOT, api_json, free_port, subprocess_env, wait_for, write_params
+from test_faults import _one_error_line
 from test_sweep import TINY, _check_points, _sweep_file
 
 PASSWORD = "lab password"
@@ -179,6 +182,29 @@ def test_sweep_2x2_runs_on_the_pool(lab, tmp_path):
     for run_id in studies:  # served artifacts, stored under the lab's folder
         assert (lab.folder / "mlartifacts" / experiment["experiment"]["experiment_id"] / run_id / "artifacts"
                 / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_a_point_that_fails_on_the_pool_ends_the_sweep_with_one_line(lab, tmp_path):
+    """The point's study raises on the worker (its experiment locked by this process): the sweep names the point, the
+    error and the address of the failed flow run's logs, exit code 2, no traceback."""
+    write_params(tmp_path, **TINY)
+    sweep = _sweep_file(tmp_path, {"seed": [0]})
+    locks = tmp_path / "sweeps/tiny/seed=0/.locks"
+    locks.mkdir(parents=True)
+    (locks / "gaussian.lock").write_text(json.dumps({"run": "held by the test", "host": socket.gethostname(),
+                                                     "pid": os.getpid()}))
+    env = {**subprocess_env(), "PREFECT_API_URL": lab.prefect, "MLFLOW_TRACKING_URI": lab.mlflow}
+    result = subprocess.run([sys.executable, "-m", "flows.sweep", str(sweep), "--root", str(tmp_path), "--runner",
+                             "pool", "--pool", POOL], env=env, capture_output=True, text=True, timeout=300)
+    (run,) = api_json(f"{lab.prefect}/flow_runs/filter", {"flow_runs": {"name": {"any_": ["seed=0"]},
+                                                                        "state": {"type": {"any_": ["FAILED"]}}}})
+    ui = lab.prefect.removesuffix("/api")
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = _one_error_line(result.stderr)
+    assert line.startswith("error: point seed=0: flow run seed=0 ended FAILED: ") and \
+        "LockedError: gaussian is locked by run held by the test" in line, line
+    assert line.endswith(f"; its logs are at {ui}/runs/flow-run/{run['id']}; fix that and rerun the sweep to resume")
 
 
 @pytest.mark.parametrize("case", ["unreachable", "no binaries", "PREFECT_PORT", "MLFLOW_PORT", "LAB_PG_PORT"])

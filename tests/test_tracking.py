@@ -16,7 +16,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from tasks.infra import storage
-from tasks.infra.tracking import StudyTracker, Writer
+from tasks.infra.tracking import StudyTracker, Writer, curve_steps, log_generation
 from tasks.loop import GridPoint, real_dataset
 
 
@@ -92,3 +92,18 @@ def test_an_execution_links_the_chart_view_of_its_method_runs(tmp_path):
     assert query["compareRunsMode"] == "CHART" and query["workflowType"] == "machine_learning"
     found = client.search_runs([tracker.experiment_id], query["searchFilter"])
     assert sorted(r.info.run_id for r in found) == sorted(runs)
+
+
+def test_a_long_fit_logs_its_curves_at_every_kth_step_and_the_last(tmp_path):
+    """2000 optimiser steps reach MLflow as steps 0, 4, ..., 1996 and 1999 with their own values; a short fit whole."""
+    tracker = StudyTracker("gaussian", tmp_path, {"seed": 0}, {})
+    run = tracker.start_method("ple", GridPoint(), {})
+    ((path, md5),) = _datasets(tmp_path, 1)
+    log_generation(run, 0, {"kl_mean": 1.0}, path, md5, {"fit": [step / 2 for step in range(2000)],
+                                                           "penalty": [1.0] * 20})
+    tracker.close(ok=True)
+    fit = tracker.client.get_metric_history(run, "train_fit/gen_000")
+    assert [(m.step, m.value) for m in fit] == [(step, step / 2) for step in [*range(0, 2000, 4), 1999]]
+    assert [m.step for m in tracker.client.get_metric_history(run, "train_penalty/gen_000")] == list(range(20))
+    assert curve_steps(0) == [] and curve_steps(1) == [0] and curve_steps(500) == list(range(500))
+    assert curve_steps(502) == [*range(0, 502, 2), 501] and all(len(curve_steps(n)) <= 501 for n in range(1, 5000, 7))

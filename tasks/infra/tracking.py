@@ -184,6 +184,7 @@ class Writer:
 
 
 SEEDS = "seeds.csv"  # a method run's artifact: the values of every seed
+CURVE_POINTS = 500  # a fit's curves are logged at about this many steps each (every k-th and the last)
 _WRITERS: dict[str, Writer] = {}  # method run id -> the writer of the study that started it
 
 
@@ -283,9 +284,17 @@ def log_generation(run_id: str, generation: int, metrics: dict[str, float], data
                    curves: dict[str, list[float]]) -> None:
     """Queue, for method run `run_id`: the metrics of one generation (step = generation), its dataset as a
     training input, and the curves of its fit as `train_<name>/gen_<g>` (g zero-padded to 3 digits) with
-    step = optimiser step. Sent in the background by the writer of the study that started the run."""
+    step = optimiser step, at about CURVE_POINTS steps of each (`curve_steps`). Sent in the background by the
+    writer of the study that started the run."""
     now = int(time.time() * 1000)
     sent = [Metric(k, v, now, generation) for k, v in metrics.items()]
-    sent += [Metric(f"train_{name}/gen_{generation:03d}", value, now, step)
-             for name, values in curves.items() for step, value in enumerate(values)]
+    sent += [Metric(f"train_{name}/gen_{generation:03d}", values[step], now, step)
+             for name, values in curves.items() for step in curve_steps(len(values))]
     _WRITERS[run_id].log(run_id, sent, [(dataset, md5)])
+
+
+def curve_steps(steps: int, limit: int = CURVE_POINTS) -> list[int]:
+    """The optimiser steps of a curve of `steps` that are logged: every k-th from 0, k = ceil(steps / limit), and the
+    last; at most limit + 1 (a fit of 2000 steps logs 0, 4, ..., 1996, 1999; one of 20 steps logs every step)."""
+    every = max(1, -(-steps // limit))
+    return sorted({*range(0, steps, every), steps - 1}) if steps else []
