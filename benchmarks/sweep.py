@@ -10,7 +10,7 @@ each in a fresh root, every run reporting to one Prefect server and one MLflow s
 and the per-point overhead of each runner: the wall time of a sweep of 4 near-empty points (the
 Gaussian study, one seed, one generation) divided by 4.
 
-    python benchmarks/sweep.py [--seeds 16 --steps 500 --generations 3]
+    python benchmarks/sweep.py [--seeds 32 --steps 2000 --generations 5]
 """
 
 from __future__ import annotations
@@ -78,9 +78,9 @@ def sweep_seconds(root: Path, runner: str, workers: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=500, help="gmm.ple.steps: optimiser steps per ple fit")
-    parser.add_argument("--generations", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=2000, help="gmm.ple.steps: optimiser steps per ple fit")
+    parser.add_argument("--generations", type=int, default=5)
     args = parser.parse_args()
     gmm = {"grid": {"weight": [0.8], "n_samples": [50]}, "generations": args.generations, "seeds": args.seeds,
            "methods": ["ple"], "ple": {"lam": 0.1, "steps": args.steps, "batch_fraction": 0.25}}

@@ -217,7 +217,7 @@ def wait_for(condition, seconds: float, what: str):
                 return value
         except OSError:
             pass
-        time.sleep(1)
+        time.sleep(0.2)
     raise AssertionError(f"timed out after {seconds} s waiting for {what}")
 
 
