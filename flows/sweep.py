@@ -43,7 +43,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.futures import wait
-from prefect.server.api.server import SubprocessASGIServer
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, PREFECT_HOME, PREFECT_UI_URL, \
     temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -90,6 +89,8 @@ def api_url(address: str | None) -> str:
         return url
     if address:
         raise no_server_for(address)
+    from prefect.server.api.server import SubprocessASGIServer  # the server's app: 2 s of imports, only here
+
     server = SubprocessASGIServer()  # the one this flow already uses; start() is a no-op then
     server.start()
     return server.api_url
