@@ -83,20 +83,23 @@ def _stats(metrics: dict[str, np.ndarray | list[float]]) -> dict[str, float]:
             for k, v in tables.seed_stats(values).items() if v == v}
 
 
-def run_study(studies: list[Study], params: Params, root: Path, figures: Figures, section: str) -> pd.DataFrame:
+def run_study(studies: list[Study], params: Params, root: Path, figures: Figures, section: str,
+              light: bool = False) -> pd.DataFrame:
     """Run every method at every grid point through the loop, then write the tables and figures.
 
     `studies` holds one study per grid point (one in all for a study without a grid), each with an
     optional `methods` restricting what runs there (else the methods of params section `section`);
-    `figures` draws the experiment's figures from the tidy and curve tables. Returns the tidy table.
+    `figures` draws the experiment's figures from the tidy and curve tables; a `light` study's jobs
+    run one after the other in this process (starting worker processes would cost more than they
+    compute). Returns the tidy table.
     """
     experiment = studies[0].experiment
     with experiment_lock(root, experiment, f"{flow_run.name} ({flow_run.id})"):
-        return _run_locked(studies, params, root, figures, experiment, section)
+        return _run_locked(studies, params, root, figures, experiment, section, 1 if light else workers.count())
 
 
 def _run_locked(studies: list[Study], params: Params, root: Path, figures: Figures, experiment: str,
-                section: str) -> pd.DataFrame:
+                section: str, processes: int) -> pd.DataFrame:
     paths = StudyPaths(root, experiment)
     runtime = {"torch": torch.__version__, "device": str(default_device())}
     tags = {"loop_mode": params.loop.mode, "point_keys": ",".join(studies[0].point.keys), **runtime,
@@ -124,7 +127,7 @@ def _run_locked(studies: list[Study], params: Params, root: Path, figures: Figur
         jobs = [(study, method) for study in studies for method in study.methods or params.methods_of(section)]
         # the hypernetwork methods' loops take longest: started first, they leave the short ones to fill the end
         order = sorted(range(len(jobs)), key=lambda i: jobs[i][1] not in HYPERNETWORK_METHODS)
-        done = workers.side_by_side(method_table, [jobs[i] for i in order], workers.count())
+        done = workers.side_by_side(method_table, [jobs[i] for i in order], processes)
         frames = [done[order.index(i)] for i in range(len(jobs))]
         tidy = pd.concat(frames, ignore_index=True)
         publish(tidy, paths, tracker, lambda curve_table: figures(studies, params, tidy, curve_table, paths),

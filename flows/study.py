@@ -33,7 +33,7 @@ def study_flow(study: str, params_file: str = "params.yaml", root: str = ".", ov
     `overlay`: a params file laid over `params_file`, holding only what differs (params.paper.yaml)."""
     entry, params = spec(study), load_params(params_file, overlay)
     studies = entry.studies(params, Path(root))
-    return run_study(studies, params, Path(root), entry.figures, entry.section)
+    return run_study(studies, params, Path(root), entry.figures, entry.section, entry.light)
 
 
 if __name__ == "__main__":

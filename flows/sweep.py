@@ -56,6 +56,7 @@ from tasks.infra.workers import shared
 from tasks.infra.servers import check_servers
 from tasks.infra.sweep import Point, load_sweep, write_point_params
 from tasks.infra.tracking import StudyTracker, SweepPoint, sweep_point
+from tasks.studies import spec
 
 Runner = Literal["threads", "dask", "pool"]
 # A SQLite-backed Prefect server answers 503 while its database is locked; with two or more workers
@@ -169,7 +170,8 @@ def sweep_flow(sweep_file: str = "sweeps/gaussian_bias.yaml", root: str = ".", r
             deployment = point_deployment(pool) if runner == "pool" else None
             in_flight = len(sweep.points) if deployment else workers  # the pool's workers set the pace
             points = run_points.with_options(task_runner=task_runner(runner, in_flight, address))
-            with shared(in_flight if runner == "threads" else 1):  # the threads' computations
+            pooled = runner == "threads" and not spec(sweep.study).light  # the threads' computations
+            with shared(in_flight if pooled else 1):
                 slugs = points(sweep.name, sweep.study, sweep.points, sweep.folder(base),
                                SweepPoint(tracker.store, tracker.parent_id), deployment)
         ok = True

@@ -47,6 +47,7 @@ class StudySpec:
     classifier: str | None = None  # the study whose reference classifier it reads (stage classifier_<classifier>)
     sweepable: bool = True  # `flows.sweep` can run it at points of a grid
     own_axes: tuple[str, ...] = ()  # sweep axes it sets itself from its section (a sweep may not override them)
+    light: bool = False  # its generations compute in microseconds: in its own process, without worker processes
 
     @property
     def owns_classifier(self) -> bool:

@@ -103,4 +103,4 @@ def figures(studies: list[GaussianStudy], params, tidy: pd.DataFrame, curve_tabl
 
 
 STUDY = StudySpec(name="gaussian", section="gaussian", params=GaussianParams, build=build, figures=figures,
-                  report_metrics=("sigma_hat", "sigma2_hat"), methods=("mle", "ple"))
+                  report_metrics=("sigma_hat", "sigma2_hat"), methods=("mle", "ple"), light=True)
