@@ -9,6 +9,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from functools import cached_property
 from pathlib import Path
@@ -74,6 +75,9 @@ def test_a_worker_computes_what_a_study_caches_once():
         results = [workers.compute(_reference, Cached()) for _ in range(6)]
     assert {pid for pid, _ in results} != {os.getpid()}
     assert [value for _, value in results] == [1] * 6  # each worker's first copy, kept: computed once per worker
+
+
+GAUSSIAN = {"gaussian": {"n_samples": 6, "generations": 4, "seeds": 8}}
 
 
 def _loky_children() -> list[psutil.Process]:
@@ -196,3 +200,29 @@ def test_a_killed_study_takes_its_workers_along(tmp_path, prefect_api):
     study.wait()
     _, alive = psutil.wait_procs(children, timeout=30)
     assert alive == []
+
+
+def test_a_light_study_computes_in_its_own_process(tmp_path, prefect_api, monkeypatch):
+    """The Gaussian study (`light`) starts no worker process even where two are available; the numbers are those
+    of one worker."""
+    monkeypatch.setenv(workers.ENV, "2")
+    seen, done = set(), threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.update(p.pid for p in _loky_children())
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        two = study_flow(study="gaussian", params_file=str(write_params(tmp_path / "two", **GAUSSIAN)),
+                         root=str(tmp_path / "two"))
+    finally:
+        done.set()
+        watcher.join()
+    assert seen == set()
+    monkeypatch.setenv(workers.ENV, "1")
+    one = study_flow(study="gaussian", params_file=str(write_params(tmp_path / "one", **GAUSSIAN)),
+                     root=str(tmp_path / "one"))
+    assert two.equals(one)
