@@ -118,8 +118,7 @@ def _run_locked(studies: list[Study], params: Params, root: Path, figures: Figur
             tracker.finish(run_id, ok=False)
             raise
         tracker.finish(run_id)
-        table = pd.concat([tables.tidy_rows(experiment, method, r["generation"], r["metrics"]) for r in records],
-                          ignore_index=True).assign(**study.point.coordinates, **study.labels)
+        table = tables.tidy_rows(experiment, method, records).assign(**study.point.coordinates, **study.labels)
         tracker.log_seeds(run_id, table)
         return table
 

@@ -13,6 +13,8 @@ Every comparison allows 4 standard errors over the seeds of that generation.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -144,6 +146,10 @@ def test_outputs_are_tidy_and_complete(tmp_path, prefect_api):
     assert len(tidy) == 2 * 7 * 4 * 4  # methods x seeds x generations x metrics
     on_disk = pd.read_csv(tmp_path / "metrics/gaussian/per_generation.csv")
     pd.testing.assert_frame_equal(on_disk, tidy, check_dtype=False)
+    for (method, generation), rows in tidy.groupby(["method", "generation"]):  # each row is its record's value
+        record = json.loads((tmp_path / f"data/generations/gaussian/{method}/gen_{generation:03d}.json").read_text())
+        expected = [(name, seed, value) for name, values in record["metrics"].items() for seed, value in enumerate(values)]
+        assert list(zip(rows.metric, rows.seed, rows.value)) == expected
     curves = pd.read_csv(tmp_path / "metrics/gaussian/curves.csv")
     assert {"sigma_hat_mean", "sigma_hat_se", "sigma_hat_median"} <= set(curves.columns)
     figure = figure_pixels(tmp_path / "figures/gaussian/sigma_hat_sigma2_hat.png", (5.2 * 2, 4))  # two panels

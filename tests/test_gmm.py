@@ -326,8 +326,9 @@ def test_the_component_pick_passes_the_gradient_of_the_tempered_softmax_straight
 @pytest.mark.parametrize("methods", [["mle", "ple"], ["ple"], ["hyper_mle", "mle"]])
 def test_the_kl_difference_heatmap_is_drawn_only_where_mle_and_ple_both_ran(tmp_path, methods):
     """`gmm.methods` may leave mle or ple out: the figures are those the methods that ran allow."""
-    tidy = pd.concat([tidy_rows("gmm", method, g, {"kl": [0.1, 0.2, 0.3]}).assign(weight=0.8, n_samples=50)
-                      for method in methods for g in range(2)], ignore_index=True)
+    records = [{"generation": g, "metrics": {"kl": [0.1, 0.2, 0.3]}} for g in range(2)]
+    tidy = pd.concat([tidy_rows("gmm", method, records).assign(weight=0.8, n_samples=50) for method in methods],
+                     ignore_index=True)
     paths = StudyPaths(tmp_path, "gmm")
     drawn = grid_figures([], None, tidy, curves(tidy, ["weight", "n_samples"]), paths)
     expected = ["kl_difference.png"] * ({"mle", "ple"} <= set(methods)) + ["kl_curves.png"]

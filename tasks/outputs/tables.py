@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -19,14 +20,20 @@ from tasks.response import degenerate
 TIDY_COLUMNS = ["experiment", "method", "seed", "generation", "metric", "value"]
 
 
-def tidy_rows(experiment: str, method: str, generation: int, metrics: dict[str, list[float]]) -> pd.DataFrame:
-    """Long-format rows of one generation: one row per seed and metric."""
-    frames = [
-        pd.DataFrame({"experiment": experiment, "method": method, "seed": np.arange(len(values)),
-                      "generation": generation, "metric": name, "value": values})
-        for name, values in metrics.items()
-    ]
-    return pd.concat(frames, ignore_index=True)
+def tidy_rows(experiment: str, method: str, records: Iterable[dict]) -> pd.DataFrame:
+    """Long-format rows of a method's generations (records with `generation` and `metrics` {name: per-seed
+    values}): one row per generation, metric and seed, in that order, built as one table."""
+    generations, names, seeds, values = [], [], [], []
+    for record in records:
+        for name, per_seed in record["metrics"].items():
+            per_seed = np.asarray(per_seed, dtype=float)
+            generations.append(np.full(len(per_seed), record["generation"]))
+            names.append(np.full(len(per_seed), name, dtype=object))
+            seeds.append(np.arange(len(per_seed)))
+            values.append(per_seed)
+    return pd.DataFrame({"experiment": experiment, "method": method, "seed": np.concatenate(seeds),
+                         "generation": np.concatenate(generations), "metric": np.concatenate(names),
+                         "value": np.concatenate(values)})
 
 
 def standard_error(values: np.ndarray) -> float:
