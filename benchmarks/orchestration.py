@@ -14,7 +14,10 @@ server (SQLite), which share the machine's cores. The server records each task r
 sent it, so its CPU is counted until it is idle again. Prints each, and the shares of the fixed cost,
 the compute and the orchestration's marginal cost in W(105).
 
-    python benchmarks/orchestration.py [--short 5 --long 105 --seeds 100 --n 12]
+With --baseline, another checkout of the project (e.g. an earlier commit's worktree) is measured the same
+way in the same run, against the same server, and the ratios printed.
+
+    python benchmarks/orchestration.py [--short 5 --long 105 --seeds 100 --n 12] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -62,26 +66,66 @@ def cpu_until_idle(server: psutil.Process, poll: float = 0.5) -> float:
         before = now
 
 
-def study_cost(folder: Path, env: dict[str, str], server: psutil.Process, seeds: int, n: int,
+def study_cost(code: Path, folder: Path, url: str, server: psutil.Process, seeds: int, n: int,
                generations: int) -> tuple[float, float, float]:
     """(wall seconds, CPU seconds of the study's process, CPU seconds of the Prefect server) of `python -m
-    flows.study gaussian params.yaml` in `folder` with the study shrunk to this size."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    flows.study gaussian params.yaml` of the project checkout `code`, in `folder`, with the study shrunk to this size."""
+    params = yaml.safe_load((code / "params.yaml").read_text())
     params["loop"]["mode"] = "replace"
     params["gaussian"].update(n_samples=n, generations=generations, seeds=seeds, distribution="normal")
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     server_before, study_before = cpu_until_idle(server), children_cpu()
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "flows.study", "gaussian", "params.yaml"], cwd=folder, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "flows.study", "gaussian", "params.yaml"], cwd=folder, check=True,
+                   env={**os.environ, "PREFECT_API_URL": url, "PYTHONPATH": str(code)}, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     return wall, children_cpu() - study_before, cpu_until_idle(server) - server_before
 
 
-def import_seconds(env: dict[str, str]) -> float:
+def import_seconds(code: Path) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", IMPORTS], env=env, check=True)
+    subprocess.run([sys.executable, "-c", IMPORTS], env={**os.environ, "PYTHONPATH": str(code)}, check=True)
     return time.perf_counter() - start
+
+
+@dataclass
+class Cost:
+    """What a checkout's study costs: per method-generation (wall, and CPU of the study's process and of the
+    server, in seconds) and fixed (wall seconds, and the import time)."""
+
+    marginal: float
+    study_cpu: float
+    server_cpu: float
+    fixed: float
+    imports: float
+    long_wall: float
+
+
+def measure(code: Path, url: str, server: psutil.Process, args: argparse.Namespace) -> Cost:
+    """The checkout's study at --short and --long generations, in a folder of its own (its MLflow store made by a
+    first, unmeasured run)."""
+    size = dict(seeds=args.seeds, n=args.n)
+    with tempfile.TemporaryDirectory() as tmp:
+        study_cost(code, Path(tmp), url, server, **size, generations=2)
+        short, study_short, server_short = study_cost(code, Path(tmp), url, server, **size, generations=args.short)
+        long, study_long, server_long = study_cost(code, Path(tmp), url, server, **size, generations=args.long)
+    per_generation = METHODS * (args.long - args.short)
+    marginal = (long - short) / per_generation
+    return Cost(marginal, (study_long - study_short) / per_generation, (server_long - server_short) / per_generation,
+                short - METHODS * args.short * marginal, import_seconds(code), long)
+
+
+def report(name: str, cost: Cost, compute_each: float, args: argparse.Namespace) -> None:
+    print(f"{name}:")
+    print(f"  marginal cost per method-generation: {cost.marginal * 1000:8.1f} ms, of which compute "
+          f"{compute_each * 1000:.1f} ms")
+    print(f"    CPU per method-generation        : study process {cost.study_cpu * 1000:.1f} ms, Prefect server "
+          f"{cost.server_cpu * 1000:.1f} ms")
+    print(f"  fixed cost                         : {cost.fixed:8.2f} s, of which imports {cost.imports:.2f} s")
+    print(f"  shares of the {args.long}-generation run ({cost.long_wall:.1f} s): fixed {cost.fixed / cost.long_wall:.0%}, "
+          f"compute {compute_each * METHODS * args.long / cost.long_wall:.0%}, orchestration per generation "
+          f"{(cost.marginal - compute_each) * METHODS * args.long / cost.long_wall:.0%}")
 
 
 def main() -> None:
@@ -90,30 +134,22 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=105)
     parser.add_argument("--seeds", type=int, default=100)
     parser.add_argument("--n", type=int, default=12)
+    parser.add_argument("--baseline", type=Path, help="another checkout of the project (git worktree add DIR "
+                        "COMMIT), measured in the same run against the same server")
     args = parser.parse_args()
-    size = dict(seeds=args.seeds, n=args.n)
-    with temporary_server() as url, tempfile.TemporaryDirectory() as tmp:
+    with temporary_server() as url:
         server = next(child for child in psutil.Process().children() if "uvicorn" in child.cmdline())
-        env = {**os.environ, "PREFECT_API_URL": url, "PYTHONPATH": str(ROOT)}
-        study_cost(Path(tmp), env, server, **size, generations=2)  # the MLflow store and the server's first flow
-        short, study_short, server_short = study_cost(Path(tmp), env, server, **size, generations=args.short)
-        long, study_long, server_long = study_cost(Path(tmp), env, server, **size, generations=args.long)
-        imports = import_seconds(env)
-    compute = min(compute_seconds(**size, generations=args.long, per_seed=False) for _ in range(3))
+        ours = measure(ROOT, url, server, args)
+        baseline = measure(args.baseline.resolve(), url, server, args) if args.baseline else None
+    compute = min(compute_seconds(seeds=args.seeds, n=args.n, generations=args.long, per_seed=False) for _ in range(3))
     compute_each = compute / (METHODS * args.long)
-    per_generation = METHODS * (args.long - args.short)
-    marginal = (long - short) / per_generation
-    fixed = short - METHODS * args.short * marginal
-    print(f"Gaussian study, {args.seeds} seeds, n={args.n}, mle + ple, against a running Prefect server, "
-          f"{len(os.sched_getaffinity(0))} cores")
-    print(f"wall time, {args.short:>3} generations          : {short:8.2f} s")
-    print(f"wall time, {args.long:>3} generations          : {long:8.2f} s")
-    print(f"marginal cost per method-generation: {marginal * 1000:8.1f} ms, of which compute {compute_each * 1000:.1f} ms")
-    print(f"  CPU per method-generation        : study process {(study_long - study_short) / per_generation * 1000:.1f}"
-          f" ms, Prefect server {(server_long - server_short) / per_generation * 1000:.1f} ms")
-    print(f"fixed cost                         : {fixed:8.2f} s, of which imports {imports:.2f} s")
-    print(f"shares of the {args.long}-generation run      : fixed {fixed / long:.0%}, compute "
-          f"{compute / long:.0%}, orchestration per generation {(marginal - compute_each) * METHODS * args.long / long:.0%}")
+    print(f"Gaussian study, {args.seeds} seeds, n={args.n}, mle + ple, {args.short} and {args.long} generations, "
+          f"against a running Prefect server, {len(os.sched_getaffinity(0))} cores")
+    report("this checkout", ours, compute_each, args)
+    if baseline:
+        report(f"baseline {args.baseline}", baseline, compute_each, args)
+        print(f"baseline / this checkout: marginal cost {baseline.marginal / ours.marginal:.2f}x, fixed cost "
+              f"{baseline.fixed / ours.fixed:.2f}x")
 
 
 if __name__ == "__main__":
