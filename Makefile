@@ -72,8 +72,8 @@ lab: $(VENV)/.installed
 # The MLflow UI on the local tracking store (what the studies log to without MLFLOW_TRACKING_URI).
 MLFLOW_PORT ?= 5000
 ui: $(VENV)/.installed
-	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT): open a study's experiment, then the link at the top of" \
-	      "its page for its metrics against generation, one curve per method"
+	@echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT); each study's metrics against generation, one curve per method:"
+	@env -u MLFLOW_TRACKING_URI python -m tasks.infra.tracking --ui http://127.0.0.1:$(MLFLOW_PORT)
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.mlflow/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 # reports/<study>/comparison.png and table.md for each default study, read from its latest run in MLflow.

@@ -23,6 +23,7 @@ import pytest
 from flows.study import study_flow
 from flows.report import main as report
 from tasks.infra.servers import check_mlflow_server
+from tasks.infra.tracking import chart_links
 from tasks.studies import spec
 
 from conftest import ROOT, api_json, colour, figure_pixels, free_port, subprocess_env, wait_for, write_params
@@ -179,7 +180,8 @@ def _text(dom: str) -> str:
 
 def test_mlflow_ui_shows_the_main_metrics_with_a_curve_per_method(mlflow_server, served_study, tmp_path):
     """The experiment's page (where a click on the experiment leads) links, in its description, the chart view
-    of the latest execution: the method runs side by side, a curve per method in each metric's chart."""
+    of the latest execution, whose address `make ui` prints: opened in a fresh browser, the method runs side by
+    side, a curve per method in each metric's chart."""
     if CHROMIUM is None:
         pytest.skip("chromium not installed: apt-get install chromium")
     tags = _runs(mlflow_server)
@@ -188,6 +190,7 @@ def test_mlflow_ui_shows_the_main_metrics_with_a_curve_per_method(mlflow_server,
     link = re.search(r'href="(#/experiments/[^"]+)"[^>]*>Metrics against generation, one curve per method</a>', page)
     assert link and f"of the execution {parent}" in _text(page), _text(page)[:3000]
     url = f"{mlflow_server}/{html.unescape(link.group(1))}"
+    assert url == f"{mlflow_server}/{chart_links(mlflow_server)['gaussian']}"  # the address `make ui` prints
     text = _text(_chromium(url, tmp_path / "charts", "--dump-dom", "--window-size=1400,2400"))  # every chart in view
     assert "2 matching runs" in text, text[:3000]  # the method runs, not the parent
     for metric in spec("gaussian").report_metrics:

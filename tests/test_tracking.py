@@ -16,8 +16,10 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from tasks.infra import storage
-from tasks.infra.tracking import StudyTracker, Writer, curve_steps, log_generation
+from tasks.infra.tracking import StudyTracker, Writer, chart_view, curve_steps, log_generation, main
 from tasks.loop import GridPoint, real_dataset
+
+from conftest import free_port
 
 
 class CountingClient(MlflowClient):
@@ -92,6 +94,34 @@ def test_an_execution_links_the_chart_view_of_its_method_runs(tmp_path):
     assert query["compareRunsMode"] == "CHART" and query["workflowType"] == "machine_learning"
     found = client.search_runs([tracker.experiment_id], query["searchFilter"])
     assert sorted(r.info.run_id for r in found) == sorted(runs)
+
+
+def test_make_ui_prints_each_experiments_latest_chart_view(tmp_path, capsys, monkeypatch):
+    """`python -m tasks.infra.tracking` (what `make ui` prints): a line per experiment with an execution, the UI's
+    address followed by the chart view of its latest execution; none for an experiment without one."""
+    executions = []
+    for _ in range(2):
+        tracker = StudyTracker("gaussian", tmp_path, {"seed": 0}, {})  # the session's store (MLFLOW_TRACKING_URI)
+        tracker.start_method("mle", GridPoint(), {})
+        tracker.close(ok=True)
+        executions.append(tracker)
+    empty = f"empty-{tmp_path.name}"
+    executions[0].client.create_experiment(empty, artifact_location=tmp_path.as_uri())
+    assert main(["--ui", "http://127.0.0.1:5123/"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    latest = executions[-1]
+    assert f"  gaussian: http://127.0.0.1:5123/{chart_view(latest.experiment_id, latest.parent_id)}" in lines
+    assert all(line.startswith("  ") and ": http://127.0.0.1:5123/#/experiments/" in line for line in lines)
+    assert not any(line.startswith(f"  {empty}:") for line in lines)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # as `make ui` runs it: the repository's own store, here empty
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 0
+    assert capsys.readouterr().out == "  no study has logged a method run to this store yet (make run)\n"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # a server that is not there
+    assert main([]) == 2
+    error = capsys.readouterr().err.splitlines()
+    assert len(error) == 1 and error[0].startswith("error: the MLflow tracking server"), error
+    assert "MLFLOW_TRACKING_URI" in error[0]
 
 
 def test_a_long_fit_logs_its_curves_at_every_kth_step_and_the_last(tmp_path):

@@ -16,15 +16,22 @@ A study run as one point of a sweep (`sweep_point`) logs into the sweep's store 
 parent run nested under the sweep's run and tagged with the point. Once an execution has a method
 run, its parent run's description and the experiment's (`mlflow.note.content`, at the top of the
 experiment's page in the UI) link the UI's chart view of its method runs (`chart_view`).
+
+    python -m tasks.infra.tracking [--ui http://127.0.0.1:5000]
+
+prints, for each experiment of the store, the address of that view for its latest execution (what `make ui`
+prints): opened, it shows the metrics against generation, a curve per method, without a click.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import functools
 import json
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -45,7 +52,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
 
+from tasks.errors import report
 from tasks.infra.lock import alive
+from tasks.infra.servers import check_mlflow_server
 from tasks.loop import GridPoint
 
 
@@ -125,6 +134,10 @@ def _mlflow_schema(parquet: pq.ParquetFile) -> tuple[str, str | None]:
         warnings.simplefilter("ignore", UserWarning)
         entity = mlflow.data.from_pandas(head, source="dataset.parquet")._to_mlflow_entity()
     return entity.source_type, entity.schema
+
+
+NOTE = "mlflow.note.content"  # a run's or an experiment's description in the UI
+LINK = re.compile(r"\]\((#/experiments/[^)]+)\)")  # the Markdown link to a chart view in a description
 
 
 def chart_view(experiment_id: str, parent_id: str) -> str:
@@ -247,8 +260,8 @@ class StudyTracker:
         descriptions."""
         link = chart_view(self.experiment_id, self.parent_id)
         text = f"[Metrics against generation, one curve per method]({link}) of the execution {self.name}"
-        self.client.set_tag(self.parent_id, "mlflow.note.content", text)
-        self.client.set_experiment_tag(self.experiment_id, "mlflow.note.content", text)
+        self.client.set_tag(self.parent_id, NOTE, text)
+        self.client.set_experiment_tag(self.experiment_id, NOTE, text)
 
     def log_seeds(self, run_id: str, tidy: pd.DataFrame) -> None:
         """`seeds.csv` of method run `run_id`: its tidy rows (seed, generation, metric, value and the
@@ -298,3 +311,32 @@ def curve_steps(steps: int, limit: int = CURVE_POINTS) -> list[int]:
     last; at most limit + 1 (a fit of 2000 steps logs 0, 4, ..., 1996, 1999; one of 20 steps logs every step)."""
     every = max(1, -(-steps // limit))
     return sorted({*range(0, steps, every), steps - 1}) if steps else []
+
+
+def chart_links(uri: str) -> dict[str, str]:
+    """{experiment name: the chart view (URL fragment) of its latest execution's method runs}, by name, for the
+    experiments of the store at `uri` whose description links one (each execution writes its own there)."""
+    experiments = sorted(client(uri).search_experiments(), key=lambda experiment: experiment.name)
+    found = ((experiment.name, LINK.search(experiment.tags.get(NOTE, ""))) for experiment in experiments)
+    return {name: match.group(1) for name, match in found if match}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print the MLflow UI's address of each experiment's metrics "
+                                     "against generation (its latest execution, a curve per method).")
+    parser.add_argument("--ui", default="http://127.0.0.1:5000", help="the MLflow UI's address")
+    args = parser.parse_args(argv)
+
+    def show() -> None:
+        check_mlflow_server()
+        links = chart_links(Store.of(Path(".mlflow")).uri)
+        for name, link in links.items():
+            print(f"  {name}: {args.ui.rstrip('/')}/{link}")
+        if not links:
+            print("  no study has logged a method run to this store yet (make run)")
+
+    return report(show)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
