@@ -69,7 +69,8 @@ def cpu_until_idle(server: psutil.Process, poll: float = 0.5) -> float:
 def study_cost(code: Path, folder: Path, url: str, server: psutil.Process, seeds: int, n: int,
                generations: int) -> tuple[float, float, float]:
     """(wall seconds, CPU seconds of the study's process, CPU seconds of the Prefect server) of `python -m
-    flows.study gaussian params.yaml` of the project checkout `code`, in `folder`, with the study shrunk to this size."""
+    flows.study gaussian params.yaml` of the project checkout `code`, in `folder`, the study shrunk to this
+    size."""
     params = yaml.safe_load((code / "params.yaml").read_text())
     params["loop"]["mode"] = "replace"
     params["gaussian"].update(n_samples=n, generations=generations, seeds=seeds, distribution="normal")
@@ -123,8 +124,8 @@ def report(name: str, cost: Cost, compute_each: float, args: argparse.Namespace)
     print(f"    CPU per method-generation        : study process {cost.study_cpu * 1000:.1f} ms, Prefect server "
           f"{cost.server_cpu * 1000:.1f} ms")
     print(f"  fixed cost                         : {cost.fixed:8.2f} s, of which imports {cost.imports:.2f} s")
-    print(f"  shares of the {args.long}-generation run ({cost.long_wall:.1f} s): fixed {cost.fixed / cost.long_wall:.0%}, "
-          f"compute {compute_each * METHODS * args.long / cost.long_wall:.0%}, orchestration per generation "
+    print(f"  shares of the {args.long}-generation run ({cost.long_wall:.1f} s): fixed "
+          f"{cost.fixed / cost.long_wall:.0%}, compute {compute_each * METHODS * args.long / cost.long_wall:.0%}, orchestration per generation "
           f"{(cost.marginal - compute_each) * METHODS * args.long / cost.long_wall:.0%}")
 
 

@@ -148,7 +148,8 @@ def test_outputs_are_tidy_and_complete(tmp_path, prefect_api):
     pd.testing.assert_frame_equal(on_disk, tidy, check_dtype=False)
     for (method, generation), rows in tidy.groupby(["method", "generation"]):  # each row is its record's value
         record = json.loads((tmp_path / f"data/generations/gaussian/{method}/gen_{generation:03d}.json").read_text())
-        expected = [(name, seed, value) for name, values in record["metrics"].items() for seed, value in enumerate(values)]
+        expected = [(name, seed, value) for name, values in record["metrics"].items()
+                    for seed, value in enumerate(values)]
         assert list(zip(rows.metric, rows.seed, rows.value)) == expected
     curves = pd.read_csv(tmp_path / "metrics/gaussian/curves.csv")
     assert {"sigma_hat_mean", "sigma_hat_se", "sigma_hat_median"} <= set(curves.columns)
